@@ -13,6 +13,7 @@ from vwe.errors import VweError
 COMMAND_MODULES = [
     "vwe.pipeline",
     "vwe.data.commands",
+    "vwe.commands",
 ]
 
 

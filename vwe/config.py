@@ -20,7 +20,7 @@ from vwe.errors import ConfigError
 
 @dataclass
 class DataConfig:
-    root: str = "data/VOCdevkit/VOC2012"  # the devkit's VOC2012 folder (JPEGImages, SegmentationClass, ...)
+    root: str = "data/VOCdevkit/VOC2012"  # the devkit's VOC2012 folder; "{out_dir}" expands to out_dir
     sbd_root: str = ""  # optional SBD `dataset/` folder with train.txt / val.txt (for train_aug without Aug masks)
     train_split: str = "train_aug"  # classifier and DeepLab training list, METHOD §1.6
     cam_split: str = "train"  # split whose CAMs are evaluated (paper's CAM table uses VOC train)
@@ -130,6 +130,18 @@ class Config:
 
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "Config":
         return apply_overrides(self, overrides)
+
+    def resolved(self) -> "Config":
+        """A copy with `{out_dir}` expanded in data.root and local paths made absolute.
+
+        Ray workers run in other directories (and on other hosts), so stages hand them resolved configs.
+        """
+        out_dir = Path(self.out_dir).resolve()
+        overrides: dict[str, Any] = {"out_dir": str(out_dir),
+                                     "data.root": str(Path(self.data.root.replace("{out_dir}", str(out_dir))).resolve())}
+        if self.ray.storage_path and "://" not in self.ray.storage_path:
+            overrides["ray.storage_path"] = str(Path(self.ray.storage_path).resolve())
+        return self.with_overrides(overrides)
 
     def dump(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -1,0 +1,39 @@
+import os
+
+# Before Ray starts: loopback-only test clusters, no auth token, fast Train health checks.
+for key, value in {
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    "RAY_DEDUP_LOGS": "0",
+}.items():
+    os.environ.setdefault(key, value)
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+VOC_SAMPLES = SHARED / "voc-samples" / "VOC2012"
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A private 2-CPU local Ray for the whole session."""
+    import ray
+
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+             object_store_memory=256 * 1024**2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth_root(tmp_path_factory) -> Path:
+    """A small synthetic VOC2012 folder shared by the tests that only read it."""
+    from vwe.data.synth import generate
+
+    root = tmp_path_factory.mktemp("synth") / "VOC2012"
+    generate(root, {"train_aug": 96, "train": 32, "val": 32, "test": 8}, 64, 64, num_classes=20, seed=0)
+    return root

@@ -1,0 +1,108 @@
+"""Classifier training as a Ray Train workload: DDP over `ray.num_workers` workers (NCCL on GPUs, gloo on CPU).
+
+Checkpoints go through `ray.train.report` to `<storage_path>/train_cam/`; a worker that dies is replaced and the
+group resumes from the last checkpoint (FailureConfig); running again with the same storage resumes the run.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import torch
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer, get_device, prepare_model
+from torch import nn
+
+from vwe.checkpoint import load_state, save_state
+from vwe.config import Config
+from vwe.errors import ConfigError
+from vwe.ray.cluster import init_ray
+from vwe.stages import train_classifier
+
+log = logging.getLogger(__name__)
+RUN_NAME = "train_cam"
+
+
+class RaySession:
+    """The training-loop session inside a Ray Train worker."""
+
+    def __init__(self) -> None:
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = torch.device(get_device())
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        return prepare_model(model)
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            return None
+        with checkpoint.as_directory() as directory:
+            return load_state(directory)
+
+    def report(self, metrics: dict[str, Any], checkpoint: dict[str, Any] | None = None) -> None:
+        # every rank must call report (it is a barrier); only rank 0 passes a checkpoint
+        with tempfile.TemporaryDirectory() as directory:
+            ray_checkpoint = None
+            if checkpoint is not None:
+                save_state(directory, checkpoint)
+                ray_checkpoint = Checkpoint.from_directory(directory)
+            ray.train.report(metrics, checkpoint=ray_checkpoint)
+
+
+def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    cfg = Config.from_dict(loop_config["cfg"])
+    return train_classifier.train(cfg, RaySession(), fault=loop_config.get("fault"))
+
+
+def checkpoint_dirs(run_dir: Path) -> list[Path]:
+    """The run's checkpoint folders (Ray names them checkpoint_<timestamp>), oldest first."""
+    return sorted(p for p in run_dir.glob("checkpoint_*") if (p / "state.pt").is_file())
+
+
+def storage_path(cfg: Config) -> str:
+    return cfg.ray.storage_path or str(Path(cfg.out_dir) / "ray")
+
+
+def fit_classifier(cfg: Config, *, resume: bool = False, restart: bool = False,
+                   fault: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Trains the classifier on Ray Train; returns rank 0's last metrics. An existing run is resumed.
+
+    `resume=True` insists on an existing run; `restart=True` deletes it first.
+    """
+    cfg = cfg.resolved()  # workers change directory
+    storage = storage_path(cfg)
+    run_dir = Path(storage) / RUN_NAME
+    local = "://" not in storage
+    if restart and local and run_dir.exists():
+        log.info("--restart: deleting %s", run_dir)
+        shutil.rmtree(run_dir)
+    elif resume and local and not checkpoint_dirs(run_dir):
+        raise ConfigError(f"--resume: no checkpoint to resume in {run_dir}")
+    elif local and checkpoint_dirs(run_dir):
+        log.info("resuming the run in %s (pass --restart to start over)", run_dir)
+    if cfg.ray.num_workers < 1:
+        raise ConfigError(f"ray.num_workers must be at least 1, got {cfg.ray.num_workers}")
+    init_ray(cfg.ray)
+    resources = {"CPU": cfg.ray.cpus_per_worker}
+    if cfg.ray.use_gpu:
+        resources["GPU"] = 1
+    trainer = TorchTrainer(
+        _worker_loop,
+        train_loop_config={"cfg": cfg.to_dict(), "fault": fault},
+        torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
+        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(name=RUN_NAME, storage_path=storage,
+                             failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+    )
+    result = trainer.fit()
+    return result.return_value
