@@ -84,6 +84,8 @@ class CamConfig:
     sweep: list[float] = field(default_factory=lambda: [round(0.05 + 0.01 * i, 2) for i in range(46)])  # 0.05..0.50
     batch_size: int = 8  # images per inference batch (per actor)
     dtype: str = "float16"  # storage dtype of saved CAMs
+    num_actors: int = 0  # inference actors; 0 = one per GPU (ray.use_gpu) or one on CPU
+    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
 
 
 @dataclass

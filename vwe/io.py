@@ -35,3 +35,24 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def update_manifest(path: str | Path, rows: list[dict[str, Any]], key: str = "id") -> int:
+    """Merges `rows` into the Parquet manifest at `path` (a row with a known `key` replaces the old one).
+
+    Returns the number of rows in the manifest. Written atomically, so a crash keeps the previous manifest.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    merged: dict[Any, dict[str, Any]] = {}
+    if path.is_file():
+        for row in pq.read_table(path).to_pylist():
+            merged[row[key]] = row
+    for row in rows:
+        merged[row[key]] = row
+    table = pa.Table.from_pylist(sorted(merged.values(), key=lambda r: r[key]))
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return table.num_rows
