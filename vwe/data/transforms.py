@@ -1,0 +1,98 @@
+"""Image augmentation for the classifier, kept apart from decoding (a GPU path can replace it).
+
+Each transform is a small callable on numpy arrays; the random ones take a `numpy.random.Generator`, so a caller
+that seeds the generator gets the same output every time. Training follows METHOD §1.6: resize so the long side is a
+random integer in [320, 640] (PIL bicubic), horizontal flip with p = 0.5, ImageNet normalisation, random 512 x 512
+crop where a side shorter than the crop is placed at a random offset in a zero (post-normalisation) canvas.
+"""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class Normalize:
+    """uint8 H x W x 3 RGB -> float32 H x W x 3: (x / 255 - mean) / std."""
+
+    def __init__(self, *, mean: tuple[float, float, float] = IMAGENET_MEAN,
+                 std: tuple[float, float, float] = IMAGENET_STD):
+        self.scale = (1.0 / (255.0 * np.asarray(std))).astype(np.float32)
+        self.shift = (-np.asarray(mean) / np.asarray(std)).astype(np.float32)
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return image.astype(np.float32) * self.scale + self.shift
+
+
+class RandomResizeLong:
+    """Resizes (PIL bicubic) so the long side is a random integer in [low, high]; the short side is rounded."""
+
+    def __init__(self, *, low: int, high: int):
+        if not 0 < low <= high:
+            raise ValueError(f"resize range must satisfy 0 < low <= high, got [{low}, {high}]")
+        self.low, self.high = low, high
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        long_side = int(rng.integers(self.low, self.high + 1))
+        height, width = image.shape[:2]
+        scale = long_side / max(height, width)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+
+
+class RandomHorizontalFlip:
+    """Mirrors the image left-right with probability p."""
+
+    def __init__(self, *, p: float = 0.5):
+        self.p = p
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        return image[:, ::-1] if rng.random() < self.p else image
+
+
+class RandomCrop:
+    """A random size x size window; a side shorter than `size` lands at a random offset in a zero canvas."""
+
+    def __init__(self, *, size: int):
+        self.size = size
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        canvas = np.zeros((self.size, self.size) + image.shape[2:], dtype=image.dtype)
+        src_y, dst_y, h = self._offsets(image.shape[0], rng)
+        src_x, dst_x, w = self._offsets(image.shape[1], rng)
+        canvas[dst_y:dst_y + h, dst_x:dst_x + w] = image[src_y:src_y + h, src_x:src_x + w]
+        return canvas
+
+    def _offsets(self, length: int, rng: np.random.Generator) -> tuple[int, int, int]:
+        """(offset in the image, offset in the canvas, copied length) along one axis."""
+        spare = length - self.size
+        if spare >= 0:
+            return int(rng.integers(spare + 1)), 0, self.size
+        return 0, int(rng.integers(-spare + 1)), length
+
+
+class TrainTransform:
+    """Classifier training augmentation: uint8 H x W x 3 RGB -> float32 3 x crop x crop (METHOD §1.6)."""
+
+    def __init__(self, *, crop_size: int = 512, resize_long: tuple[int, int] = (320, 640), flip: bool = True):
+        self.resize = RandomResizeLong(low=resize_long[0], high=resize_long[1])
+        self.flip = RandomHorizontalFlip(p=0.5 if flip else 0.0)
+        self.normalize = Normalize()
+        self.crop = RandomCrop(size=crop_size)
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        image = self.flip(self.resize(image, rng), rng)
+        image = self.crop(self.normalize(image), rng)
+        return np.ascontiguousarray(image.transpose(2, 0, 1))
+
+
+class InferenceTransform:
+    """Full-image normalisation only: uint8 H x W x 3 RGB -> float32 3 x H x W."""
+
+    def __init__(self) -> None:
+        self.normalize = Normalize()
+
+    def __call__(self, image: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(self.normalize(image).transpose(2, 0, 1))

@@ -1,0 +1,415 @@
+"""PASCAL VOC 2012 (+ SBD train_aug) on disk: reading, validating and indexing the devkit layout.
+
+The dataset root is the devkit's VOC2012 folder:
+
+    JPEGImages/<id>.jpg
+    SegmentationClass/<id>.png        official masks (train, val)
+    SegmentationClassAug/<id>.png     SBD-augmented masks (train_aug), preferred when present
+    Annotations/<id>.xml              object names: image-level labels for ids without a mask
+    ImageSets/Segmentation/{train,val,test,train_aug}.txt
+
+Masks hold class indices (0 background, 1..20 the classes of `CLASSES`, 255 ignore) and are read as raw indices,
+never converted to RGB. Image ids stay strings ("2007_000032"), METHOD P7. Image-level labels are multi-hot float32
+vectors of length 20 where index c is mask label c + 1 (METHOD §6).
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import time
+import xml.etree.ElementTree as ET
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, TypeVar
+
+import numpy as np
+from PIL import Image
+
+from vwe.errors import DataError
+from vwe.io import atomic_path, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)
+NUM_CLASSES = len(CLASSES)
+IGNORE = 255
+SPLITS = ("train", "val", "test", "train_aug")
+STANDARD_COUNTS = {"train": 1464, "val": 1449, "test": 1456, "train_aug": 10582}  # VOC 2012 + SBD, METHOD §6
+LABELS_CACHE = "vwe_cls_labels.json"
+BAD_FILES_REPORT = "vwe_bad_files.json"
+_CACHE_FORMAT = 1
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+def _voc_palette() -> tuple[int, ...]:
+    colours = []
+    for index in range(256):
+        r = g = b = 0
+        bits = index
+        for shift in range(7, -1, -1):
+            r |= (bits & 1) << shift
+            g |= ((bits >> 1) & 1) << shift
+            b |= ((bits >> 2) & 1) << shift
+            bits >>= 3
+        colours += [r, g, b]
+    return tuple(colours)
+
+
+_PALETTE = _voc_palette()
+
+
+def palette() -> list[int]:
+    """The VOC colour map: 256 RGB triples (768 ints); the bits of index i are spread over R, G, B, MSB first."""
+    return list(_PALETTE)
+
+
+def _decode(path: Path, what: str) -> Image.Image:
+    if not path.is_file():
+        raise DataError(f"{path}: {what} file missing")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except Exception as err:  # PIL signals corrupt data with many exception types (OSError, SyntaxError, zlib...)
+        raise DataError(f"{path}: cannot decode {what} ({type(err).__name__}: {err})") from err
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Reads an image as uint8 H x W x 3 RGB."""
+    image = _decode(Path(path), "image")
+    return np.array(image.convert("RGB") if image.mode != "RGB" else image)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """Reads a label mask as uint8 H x W class indices (palette 'P' or grayscale 'L' PNG, never converted to RGB)."""
+    path = Path(path)
+    image = _decode(path, "mask")
+    if image.mode not in ("P", "L"):
+        raise DataError(f"{path}: mask has mode {image.mode}; expected a palette (P) or grayscale (L) index map")
+    return np.array(image)
+
+
+def encode_mask(mask: np.ndarray) -> bytes:
+    """PNG bytes of a uint8 H x W index map with the VOC palette (deterministic: same mask, same bytes)."""
+    mask = np.asarray(mask)
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        raise ValueError(f"a mask must be a 2-D uint8 array, got {mask.dtype} with shape {mask.shape}")
+    image = Image.fromarray(mask)
+    image.putpalette(_PALETTE)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_mask(path: str | Path, mask: np.ndarray) -> None:
+    """Writes `mask` as a VOC palette PNG, atomically."""
+    data = encode_mask(mask)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def multi_hot(class_indices: Iterable[int]) -> np.ndarray:
+    """float32[20] with a 1 at each 0-based class index."""
+    labels = np.zeros(NUM_CLASSES, dtype=np.float32)
+    labels[list(class_indices)] = 1.0
+    return labels
+
+
+def mask_classes(mask: np.ndarray, path: str | Path) -> list[int]:
+    """0-based classes present in a mask; a value outside 0..20 and 255 is a DataError naming `path`."""
+    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
+    bad = present[(present > NUM_CLASSES) & (present != IGNORE)]
+    if bad.size:
+        raise DataError(f"{path}: label values {bad.tolist()} outside 0..{NUM_CLASSES} and {IGNORE}")
+    return [int(v) - 1 for v in present if 1 <= v <= NUM_CLASSES]
+
+
+def image_labels_from_mask(path: str | Path) -> np.ndarray:
+    """Multi-hot float32[20] image labels from a mask: label l in 1..20 sets index l - 1; 0 and 255 are ignored."""
+    return multi_hot(mask_classes(read_mask(path), path))
+
+
+def labels_from_annotation(xml_path: str | Path) -> np.ndarray:
+    """Multi-hot float32[20] image labels from the `<object><name>` entries of a VOC annotation XML."""
+    xml_path = Path(xml_path)
+    if not xml_path.is_file():
+        raise DataError(f"{xml_path}: annotation file missing")
+    try:
+        root = ET.parse(xml_path).getroot()
+    except ET.ParseError as err:
+        raise DataError(f"{xml_path}: cannot parse annotation XML ({err})") from err
+    indices = []
+    for obj in root.findall("object"):
+        name = (obj.findtext("name") or "").strip()
+        if name not in CLASSES:
+            raise DataError(f"{xml_path}: unknown object name {name!r} (expected one of the 20 VOC classes)")
+        indices.append(CLASSES.index(name))
+    return multi_hot(indices)
+
+
+def read_split(path: str | Path) -> list[str]:
+    """Image ids of a split list: one id per line; `/JPEGImages/<id>.jpg ...` lines (SegmentationAug style) work too."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DataError(f"{path}: split list missing") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise DataError(f"{path}: cannot read split list ({err})") from err
+    ids = [Path(line.split()[0]).stem for line in text.splitlines() if line.strip()]
+    if not ids:
+        raise DataError(f"{path}: split list is empty")
+    return ids
+
+
+def read_sbd_splits(sbd_root: str | Path) -> tuple[list[str], list[str]]:
+    """(train, val) ids of SBD, from its `dataset/` folder (or the folder above it)."""
+    sbd_root = Path(sbd_root)
+    if not sbd_root.is_dir():
+        raise DataError(f"{sbd_root}: SBD folder not found")
+    folder = sbd_root / "dataset" if not (sbd_root / "train.txt").exists() else sbd_root
+    return read_split(folder / "train.txt"), read_split(folder / "val.txt")
+
+
+def count_notes(counts: dict[str, int]) -> list[str]:
+    """Notes for split sizes that differ from standard VOC 2012 (not errors: subsets and the synthetic benchmark)."""
+    notes = []
+    if any(counts.get(split, expected) != expected for split, expected in STANDARD_COUNTS.items()):
+        standard = ", ".join(f"{split} {n:,}" for split, n in STANDARD_COUNTS.items())
+        notes.append(f"note: the counts differ from standard VOC 2012 ({standard}); "
+                     "fine for a subset or the synthetic benchmark")
+    if "train_aug" not in counts:
+        notes.append("note: no train_aug.txt yet (`vwe data prepare` builds it)")
+    return notes
+
+
+@dataclass
+class BadFile:
+    """One id that failed validation: the file at fault and what is wrong with it."""
+
+    image_id: str
+    file: str
+    problem: str
+
+
+@dataclass
+class CheckReport:
+    """Result of `VOCDataset.check`: ids per split, bad files (with skip_bad) and notes for the user."""
+
+    counts: dict[str, int]
+    bad: list[BadFile] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    report_path: Path | None = None
+
+    @property
+    def bad_ids(self) -> set[str]:
+        return {item.image_id for item in self.bad}
+
+
+class VOCDataset:
+    """One VOC2012 folder: split lists, file paths per id, cached image-level labels, validation, split building."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DataError(f"{self.root}: dataset folder not found")
+        self.split_dir = self.root / "ImageSets" / "Segmentation"
+
+    def split_path(self, split: str) -> Path:
+        return self.split_dir / f"{split}.txt"
+
+    def splits(self) -> list[str]:
+        """Names of the split lists present, standard ones first."""
+        names = [p.stem for p in sorted(self.split_dir.glob("*.txt"))] if self.split_dir.is_dir() else []
+        return [s for s in SPLITS if s in names] + [s for s in names if s not in SPLITS]
+
+    def split_ids(self, split: str) -> list[str]:
+        return read_split(self.split_path(split))
+
+    def image_path(self, image_id: str) -> Path:
+        return self.root / "JPEGImages" / f"{image_id}.jpg"
+
+    def mask_path(self, image_id: str) -> Path | None:
+        """SegmentationClassAug/<id>.png, else SegmentationClass/<id>.png, else None."""
+        for folder in ("SegmentationClassAug", "SegmentationClass"):
+            path = self.root / folder / f"{image_id}.png"
+            if path.is_file():
+                return path
+        return None
+
+    def annotation_path(self, image_id: str) -> Path:
+        return self.root / "Annotations" / f"{image_id}.xml"
+
+    def labels(self, image_id: str) -> np.ndarray | None:
+        """Image labels of one id, from its mask, else its annotation XML; None when it has neither (VOC test)."""
+        mask = self.mask_path(image_id)
+        if mask is not None:
+            return image_labels_from_mask(mask)
+        xml = self.annotation_path(image_id)
+        return labels_from_annotation(xml) if xml.is_file() else None
+
+    def image_labels(self, *, exclude: Iterable[str] = (), refresh: bool = False) -> dict[str, np.ndarray]:
+        """Image labels of every id in the split lists (minus `exclude`), cached in `<root>/vwe_cls_labels.json`.
+
+        Cached labels are never recomputed; ids missing from the cache (a split list grew) are computed and added.
+        Ids with neither mask nor annotation are left out. `refresh` recomputes everything.
+        """
+        excluded = set(exclude)
+        wanted = sorted({i for s in self.splits() for i in self.split_ids(s)} - excluded)
+        cache_path = self.root / LABELS_CACHE
+        cached: dict[str, list[int]] = {}
+        unlabeled: set[str] = set()
+        if not refresh:
+            cached, unlabeled = _read_labels_cache(cache_path)
+        missing = [i for i in wanted if i not in cached and i not in unlabeled]
+        if missing:
+            log.info("computing image labels of %d ids under %s", len(missing), self.root)
+            for image_id, labels in zip(missing, _parallel_map(self.labels, missing, "image labels")):
+                if labels is None:
+                    unlabeled.add(image_id)
+                else:
+                    cached[image_id] = np.flatnonzero(labels).tolist()
+            data = {"format": _CACHE_FORMAT, "labels": dict(sorted(cached.items())), "unlabeled": sorted(unlabeled)}
+            try:
+                write_text(cache_path, json.dumps(data, separators=(",", ":")) + "\n")
+            except OSError as err:
+                log.warning("%s: cannot write the labels cache (%s); labels will be recomputed next time",
+                            cache_path, err.strerror)
+        return {i: multi_hot(cached[i]) for i in wanted if i in cached}
+
+    def prepare(self, sbd_root: str | Path | None = None) -> dict[str, int]:
+        """Builds ImageSets/Segmentation/train_aug.txt and the labels cache; returns the ids per split.
+
+        train_aug = (SBD train + SBD val + VOC train) - VOC val with an SBD folder; without one, the ids with a
+        SegmentationClassAug mask + VOC train - VOC val (METHOD §6).
+        """
+        train, val = self.split_ids("train"), self.split_ids("val")
+        aug_dir = self.root / "SegmentationClassAug"
+        if sbd_root is not None:
+            sbd_train, sbd_val = read_sbd_splits(sbd_root)
+            pool = set(sbd_train) | set(sbd_val)
+        elif aug_dir.is_dir():
+            pool = {p.stem for p in aug_dir.glob("*.png")}
+        else:
+            log.warning("%s: no SBD folder and no SegmentationClassAug/: train_aug = train - val", self.root)
+            pool = set()
+        train_aug = sorted((pool | set(train)) - set(val))
+        write_text(self.split_path("train_aug"), "\n".join(train_aug) + "\n")
+        log.info("wrote %s (%d ids)", self.split_path("train_aug"), len(train_aug))
+        self.image_labels(refresh=True)
+        return {split: len(self.split_ids(split)) for split in self.splits()}
+
+    def check(self, *, skip_bad: bool = False, sbd_root: str | Path | None = None,
+              report_dir: str | Path | None = None) -> CheckReport:
+        """Validates the layout and every listed file; a problem is a DataError naming the file.
+
+        With `skip_bad`, bad ids are recorded (id, file, problem) in `<report_dir or root>/vwe_bad_files.json` and
+        the check goes on; missing folders and empty split lists still raise. Ids of `test` need only a JPEG; ids of
+        `train_aug` need a mask or an annotation; ids of any other split need a mask.
+        """
+        for folder in ("JPEGImages", "ImageSets/Segmentation"):
+            if not (self.root / folder).is_dir():
+                raise DataError(f"{self.root / folder}: folder missing")
+        splits = self.splits()
+        if not splits:
+            raise DataError(f"{self.split_dir}: no split lists (expected train.txt, val.txt, ...)")
+        lists = {split: self.split_ids(split) for split in splits}
+        counts = {split: len(ids) for split, ids in lists.items()}
+        needs: dict[str, str] = {}  # id -> strongest requirement: "mask" > "labels" > "image"
+        rank = {"image": 0, "labels": 1, "mask": 2}
+        for split, split_ids in lists.items():
+            need = {"test": "image", "train_aug": "labels"}.get(split, "mask")
+            for image_id in split_ids:
+                needs[image_id] = max(needs.get(image_id, need), need, key=rank.__getitem__)
+        if "mask" in needs.values() and not any(
+                (self.root / f).is_dir() for f in ("SegmentationClassAug", "SegmentationClass")):
+            raise DataError(f"{self.root / 'SegmentationClass'}: folder missing (and no SegmentationClassAug/)")
+
+        report = CheckReport(counts=counts, notes=count_notes(counts))
+        if sbd_root is not None:
+            sbd_train, sbd_val = read_sbd_splits(sbd_root)
+            report.notes.append(f"SBD lists: train {len(sbd_train):,}, val {len(sbd_val):,}")
+        ids = sorted(needs)
+        log.info("checking %d ids under %s", len(ids), self.root)
+        for image_id, bad in zip(ids, _parallel_map(lambda i: self._check_id(i, needs[i]), ids, "checked")):
+            if bad is None:
+                continue
+            if not skip_bad:
+                raise DataError(f"{bad.file}: {bad.problem} (image id {bad.image_id})")
+            log.warning("bad file %s: %s", bad.file, bad.problem)
+            report.bad.append(bad)
+        if skip_bad:
+            report.report_path = Path(report_dir or self.root) / BAD_FILES_REPORT
+            write_json(report.report_path, {"root": str(self.root), "bad": [
+                {"id": b.image_id, "file": b.file, "problem": b.problem} for b in report.bad]})
+        return report
+
+    def _check_id(self, image_id: str, need: str) -> BadFile | None:
+        image_path = self.image_path(image_id)
+        try:
+            size = _decode(image_path, "image").size
+        except DataError as err:
+            return _bad(image_id, image_path, err)
+        mask_path = self.mask_path(image_id)
+        if mask_path is not None:
+            try:
+                mask = read_mask(mask_path)
+                mask_classes(mask, mask_path)
+            except DataError as err:
+                return _bad(image_id, mask_path, err)
+            if mask.shape[::-1] != size:
+                return BadFile(image_id, str(mask_path), f"mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs "
+                                                         f"from the image size {size[0]}x{size[1]}")
+        elif need == "mask":
+            return BadFile(image_id, str(self.root / "SegmentationClass" / f"{image_id}.png"),
+                           "mask missing (looked in SegmentationClassAug/ and SegmentationClass/)")
+        elif need == "labels":
+            xml = self.annotation_path(image_id)
+            if not xml.is_file():
+                return BadFile(image_id, str(xml), "no mask and no annotation: the id has no image-level labels")
+            try:
+                labels_from_annotation(xml)
+            except DataError as err:
+                return _bad(image_id, xml, err)
+        return None
+
+
+def _bad(image_id: str, path: Path, err: DataError) -> BadFile:
+    return BadFile(image_id, str(path), str(err).removeprefix(f"{path}: "))
+
+
+def _read_labels_cache(path: Path) -> tuple[dict[str, list[int]], set[str]]:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}, set()
+    except (OSError, ValueError) as err:
+        log.warning("%s: unreadable labels cache (%s); recomputing", path, err)
+        return {}, set()
+    if not isinstance(data, dict) or data.get("format") != _CACHE_FORMAT:
+        log.warning("%s: labels cache of another format; recomputing", path)
+        return {}, set()
+    return data["labels"], set(data["unlabeled"])
+
+
+def _parallel_map(fn: Callable[[T], R], items: list[T], what: str) -> Iterator[R]:
+    """fn over items in order, on a few threads (PIL decodes without the GIL), logging progress every 10 s."""
+    executor = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1))
+    start = last = time.monotonic()
+    try:
+        for done, result in enumerate(executor.map(fn, items), 1):
+            yield result
+            now = time.monotonic()
+            if now - last >= 10:
+                log.info("%s: %d/%d (%.0f/s)", what, done, len(items), done / (now - start))
+                last = now
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)
