@@ -1,0 +1,53 @@
+"""Classifier losses (METHOD §1.5): multi-label soft margin on each head, plus codebook decorrelation for VWL-L."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from vwe.config import ModelConfig
+from vwe.models.classifier import ClassifierOutput, get_variant
+
+
+def multilabel_loss(logits: Tensor, targets: Tensor) -> Tensor:
+    """Mean over batch and classes of BCE-with-logits (= `multilabel_soft_margin_loss`)."""
+    return F.multilabel_soft_margin_loss(logits.float(), targets.float())
+
+
+def decov_loss(codebook: Tensor) -> Tensor:
+    """VWL-L decorrelation: 0.5 * (||G||_F - ||diag G||_2), G = M M^T, M = codebook rows minus their own mean.
+
+    Norms, not squared norms, and rows centred over the feature dimension, not over words (METHOD P10).
+    """
+    centred = codebook - codebook.mean(dim=1, keepdim=True)
+    gram = centred @ centred.T
+    return 0.5 * (torch.linalg.norm(gram) - torch.linalg.norm(torch.diagonal(gram)))
+
+
+def classifier_loss(
+    output: ClassifierOutput, labels: Tensor, model_cfg: ModelConfig, codebook: Tensor | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted training loss of `model_cfg.variant` and its unweighted terms.
+
+    Terms: "img" (image logits vs labels), "w2i" (word-to-image logits vs labels; not for vwl-m), "word" (word
+    logits vs word labels) and "decov" (vwl-l; needs `codebook`, see `Classifier.codebook_for_loss`). The terms are
+    detached 0-dim tensors, so logging them syncs with the device only when the caller reads them.
+    """
+    variant = get_variant(model_cfg.variant)
+    terms = {"img": multilabel_loss(output.img_logits, labels)}
+    weights = {"img": model_cfg.img_loss_weight}
+    if variant.codebook is not None:
+        if output.w2i_logits is None or output.word_logits is None or output.word_labels is None:
+            raise ValueError(f"variant {model_cfg.variant!r} needs the word heads, but the output has none")
+        if variant.w2i_loss:
+            terms["w2i"] = multilabel_loss(output.w2i_logits, labels)
+            weights["w2i"] = model_cfg.w2i_loss_weight
+        terms["word"] = multilabel_loss(output.word_logits, output.word_labels)
+        weights["word"] = model_cfg.word_loss_weight
+    if variant.decov_loss:
+        if codebook is None:
+            raise ValueError("variant 'vwl-l' adds the decorrelation loss: pass the codebook")
+        terms["decov"] = decov_loss(codebook.float())
+        weights["decov"] = model_cfg.decov_loss_weight
+    total = sum(weights[name] * term for name, term in terms.items())
+    return total, {name: term.detach() for name, term in terms.items()}
