@@ -14,7 +14,8 @@ from vwe.config import Config
 from vwe.data.datasets import ClassificationDataset
 from vwe.data.synth import generate
 from vwe.models import build_classifier
-from vwe.stages.train_classifier import EpochBatchSampler, build_optimizer, train_step
+from vwe.stages.train_classifier import build_optimizer, train_step
+from vwe.stages.training import EpochBatchSampler
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ def _timed_steps(cfg: Config, device: torch.device, batches, steps: int, warmup:
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
         batch = next(iterator)
-        train_step(model, batch, optimizer, cfg, device)
+        train_step(model, batch, optimizer, cfg)
         if i >= warmup:
             images += len(batch["image"])
     if device.type == "cuda":

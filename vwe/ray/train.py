@@ -1,10 +1,11 @@
-"""Classifier training as a Ray Train workload: DDP over `ray.num_workers` workers (NCCL on GPUs, gloo on CPU).
+"""Training stages as Ray Train workloads: DDP over `ray.num_workers` workers (NCCL on GPUs, gloo on CPU).
 
-Checkpoints go through `ray.train.report` to `<storage_path>/train_cam/`; a worker that dies is replaced and the
+Checkpoints go through `ray.train.report` to `<storage_path>/<stage>/`; a worker that dies is replaced and the
 group resumes from the last checkpoint (FailureConfig); running again with the same storage resumes the run.
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import shutil
 import tempfile
@@ -21,10 +22,10 @@ from vwe.checkpoint import load_state, save_state
 from vwe.config import Config
 from vwe.errors import ConfigError
 from vwe.ray.cluster import init_ray
-from vwe.stages import train_classifier
 
 log = logging.getLogger(__name__)
-RUN_NAME = "train_cam"
+# stage name -> module whose `train(cfg, session, fault)` is the per-worker loop
+LOOPS = {"train_cam": "vwe.stages.train_classifier", "train_seg": "vwe.stages.train_deeplab"}
 
 
 class RaySession:
@@ -59,7 +60,8 @@ class RaySession:
 def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     cfg = Config.from_dict(loop_config["cfg"])
-    return train_classifier.train(cfg, RaySession(), fault=loop_config.get("fault"))
+    loop = importlib.import_module(LOOPS[loop_config["stage"]])
+    return loop.train(cfg, RaySession(), fault=loop_config.get("fault"))
 
 
 def checkpoint_dirs(run_dir: Path) -> list[Path]:
@@ -71,15 +73,20 @@ def storage_path(cfg: Config) -> str:
     return cfg.ray.storage_path or str(Path(cfg.out_dir) / "ray")
 
 
-def fit_classifier(cfg: Config, *, resume: bool = False, restart: bool = False,
-                   fault: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Trains the classifier on Ray Train; returns rank 0's last metrics. An existing run is resumed.
+def fit_classifier(cfg: Config, **kwargs: Any) -> dict[str, Any]:
+    """Stage 1 on Ray Train; see `fit`."""
+    return fit("train_cam", cfg, **kwargs)
 
-    `resume=True` insists on an existing run; `restart=True` deletes it first.
+
+def fit(stage: str, cfg: Config, *, resume: bool = False, restart: bool = False,
+        fault: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Runs the training stage `stage` (a key of LOOPS) on Ray Train; returns rank 0's result. A run is resumed.
+
+    `resume=True` insists on an existing run; `restart=True` deletes it first. `fault` is the loop's test hook.
     """
     cfg = cfg.resolved()  # workers change directory
     storage = storage_path(cfg)
-    run_dir = Path(storage) / RUN_NAME
+    run_dir = Path(storage) / stage
     local = "://" not in storage
     if restart and local and run_dir.exists():
         log.info("--restart: deleting %s", run_dir)
@@ -96,11 +103,11 @@ def fit_classifier(cfg: Config, *, resume: bool = False, restart: bool = False,
         resources["GPU"] = 1
     trainer = TorchTrainer(
         _worker_loop,
-        train_loop_config={"cfg": cfg.to_dict(), "fault": fault},
+        train_loop_config={"stage": stage, "cfg": cfg.to_dict(), "fault": fault},
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=resources),
-        run_config=RunConfig(name=RUN_NAME, storage_path=storage,
+        run_config=RunConfig(name=stage, storage_path=storage,
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2)),
     )
