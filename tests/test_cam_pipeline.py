@@ -75,3 +75,73 @@ def test_corrupt_image_is_reported_by_id_and_file(ray_local, run):
     assert summary["bad"] == 1 and summary["processed"] == 0
     rows = {r["id"]: r for r in pq.read_table(Path(cfg.out_dir) / "cams" / "manifest.parquet").to_pylist()}
     assert str(voc.image_path(bad_id)) in rows[bad_id]["error"]
+
+
+def test_eval_cam_matches_hand_computed_miou(ray_local, tmp_path):
+    """Two crafted images, an ignore pixel, and a predicted class absent from the ground truth."""
+    from vwe.cam import CamResult, save_cam
+    from vwe.data.voc import write_mask
+    from vwe.ray.data import run_eval_cams
+
+    root = tmp_path / "VOC2012"
+    (root / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "ImageSets" / "Segmentation" / "train.txt").write_text("a\nb\n")
+    write_mask(root / "SegmentationClass" / "a.png", np.array([[0, 0, 1, 1], [0, 255, 1, 1]], np.uint8))
+    write_mask(root / "SegmentationClass" / "b.png", np.zeros((2, 2), np.uint8))
+    out = tmp_path / "run"
+    aeroplane = np.array([[[0.1, 0.5, 0.7, 0.2], [0.0, 0.9, 0.8, 0.4]]], np.float32)
+    person = np.array([[[0.5, 0.1], [0.1, 0.1]]], np.float32)
+    save_cam(cam_path(out, "a"), CamResult(np.array([0]), aeroplane[:, :1, :1], aeroplane), np.float32)
+    save_cam(cam_path(out, "b"), CamResult(np.array([14]), person[:, :1, :1], person), np.float32)
+    cfg = load_config(None, [f"data.root={root}", f"out_dir={out}", "cam.sweep=[0.3, 0.75]"])
+    summary = run_eval_cams(cfg, "train")
+    # t = 0.3: confusion bg->bg 5, bg->aeroplane 1, bg->person 1, aeroplane->bg 1, aeroplane->aeroplane 3
+    #   IoU bg 5 / (7 + 6 - 5) = 0.625, aeroplane 3 / (4 + 4 - 3) = 0.6, person absent from GT -> not averaged
+    # t = 0.75: bg->bg 7, aeroplane->bg 3, aeroplane->aeroplane 1: bg 7 / 10 = 0.7, aeroplane 1 / 4 = 0.25
+    assert summary["miou"] == pytest.approx([0.6125, 0.475])
+    assert summary["best_threshold"] == 0.3 and summary["best_miou"] == pytest.approx(0.6125)
+    assert summary["iou"]["aeroplane"] == pytest.approx(0.6) and summary["iou"]["person"] is None
+    assert summary["images"] == 2
+    curve = (out / "eval_cam" / "train_curve.csv").read_text().splitlines()
+    assert curve == ["threshold,mIoU", "0.3,61.3", "0.75,47.5"]
+    header, row = (out / "eval_cam" / "train_classes.csv").read_text().splitlines()
+    assert header.split(",")[:3] == ["background", "aeroplane", "bicycle"] and row.split(",")[:3] == ["62.5", "60.0", ""]
+
+
+@pytest.mark.parametrize("method", ["confident", "threshold"])
+def test_pseudo_labels_are_valid_palette_pngs_and_resume(ray_local, run, method):
+    from PIL import Image
+
+    from vwe.data.voc import palette
+    from vwe.ray.data import run_make_pseudo
+    from vwe.stages.make_pseudo_labels import label_path
+
+    cfg, _ = run
+    cfg = cfg.with_overrides({"pseudo.method": method})
+    run_make_cams(cfg, "train_aug")
+    summary = run_make_pseudo(cfg, "train_aug")
+    assert summary["processed"] == 12 and summary["bad"] == 0
+    voc = VOCDataset(cfg.data.root)
+    labels = voc.image_labels()
+    for image_id in voc.split_ids("train_aug"):
+        with Image.open(label_path(cfg.out_dir, image_id)) as png:
+            assert png.mode == "P" and png.getpalette()[:768] == palette()
+            label = np.asarray(png)
+        assert label.shape == read_image(voc.image_path(image_id)).shape[:2]
+        allowed = {0, 255, *(np.flatnonzero(labels[image_id]) + 1)}  # only the image's own classes
+        assert set(np.unique(label)) <= allowed
+    assert run_make_pseudo(cfg, "train_aug")["processed"] == 0
+
+
+def test_stage_commands(ray_local, run, capsys):
+    from vwe.cli import main
+
+    cfg, _ = run
+    config = Path(cfg.out_dir) / "config.yaml"
+    cfg.dump(config)
+    assert main(["make-cam", "--config", str(config), "--split", "train"]) == 0
+    assert main(["eval-cam", "--config", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "best background threshold" in out and (Path(cfg.out_dir) / "eval_cam" / "train.json").is_file()
+    assert main(["eval-cam", "--config", str(config), "--set", "cam.sweep=oops"]) == 2
+    assert "cam.sweep" in capsys.readouterr().err

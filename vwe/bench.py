@@ -103,3 +103,100 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for row in rows:
         print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
+
+
+def bench_cam(backbones: list[str] | None = None, images: int | None = None, height: int = 375, width: int = 500,
+              batch_size: int = 16, check: int = 2) -> list[dict[str, Any]]:
+    """Images/s of multi-scale + flip CAM inference: the plain fp32 batch-of-one reference and `batched_cams`
+    (bf16 + channels_last + resize on the device on GPU); `max_abs_diff` compares the two on `check` images."""
+    import numpy as np
+
+    from vwe.cam import DEFAULT_SCALES, batched_cams, multiscale_cam
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.type == "cuda"
+    backbones = backbones or (["resnet50", "resnet101"] if gpu else ["resnet-tiny"])
+    count = images or (128 if gpu else 8)
+    if not gpu:
+        height, width = min(height, 96), min(width, 128)
+    rng = np.random.default_rng(0)
+    pictures = [rng.integers(0, 256, (height, width, 3), dtype=np.uint8) for _ in range(count)]
+    labels = [np.eye(20, dtype=np.float32)[rng.choice(20, 2, replace=False)].sum(0) for _ in range(count)]
+    rows = []
+    for backbone in backbones:
+        torch.manual_seed(0)
+        model = build_classifier(Config().with_overrides({"model.backbone": backbone})).to(device).eval()
+        reference_n = min(count, 8 if gpu else 4)
+        multiscale_cam(model, pictures[0], labels[0], DEFAULT_SCALES)  # warm-up
+        _sync(device)
+        start = time.perf_counter()
+        reference = [multiscale_cam(model, p, l, DEFAULT_SCALES) for p, l in zip(pictures[:reference_n], labels)]
+        _sync(device)
+        reference_rate = reference_n / (time.perf_counter() - start)
+        fast_model = model.to(memory_format=torch.channels_last) if gpu else model
+        dtype = torch.bfloat16 if gpu else torch.float32
+        batched_cams(fast_model, pictures[:batch_size], labels[:batch_size], DEFAULT_SCALES, device, dtype, gpu)
+        _sync(device)
+        start = time.perf_counter()
+        results = []
+        for i in range(0, count, batch_size):
+            results += batched_cams(fast_model, pictures[i:i + batch_size], labels[i:i + batch_size], DEFAULT_SCALES,
+                                    device, dtype, gpu)
+        _sync(device)
+        fast_rate = count / (time.perf_counter() - start)
+        diff = max(float(np.abs(r.high_res - f.high_res).max()) for r, f in zip(reference[:check], results))
+        rows.append({"device": device_name(device), "backbone": backbone, "image": f"{height}x{width}",
+                     "scales": len(DEFAULT_SCALES), "reference_img_s": round(reference_rate, 2),
+                     "batched_img_s": round(fast_rate, 2), "batch": batch_size,
+                     "dtype": str(dtype).replace("torch.", ""), "max_abs_diff": round(diff, 5)})
+    return rows
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _crf_task(seed: int, height: int, width: int, n_labels: int) -> float:
+    import numpy as np
+
+    from vwe.crf import crf_labels
+
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+    labels = rng.integers(0, n_labels, (height, width))
+    start = time.perf_counter()
+    crf_labels(image, labels, n_labels)
+    return time.perf_counter() - start
+
+
+def bench_crf(images: int | None = None, height: int = 375, width: int = 500,
+              labels: tuple[int, ...] = (3, 21)) -> list[dict[str, Any]]:
+    """Dense CRF (IRNet parameters, 10 iterations) seconds per image on one core, and the speedup of running one
+    image per Ray task over all the machine's cores, as `vwe make-pseudo` does."""
+    import os
+
+    import ray
+
+    from vwe.config import RayConfig
+    from vwe.ray.cluster import init_ray
+
+    cores = os.cpu_count() or 1
+    count = images or 2 * cores
+    init_ray(RayConfig(), num_cpus=cores)
+    task = ray.remote(num_cpus=1)(_crf_task)
+    ray.get([task.remote(0, 16, 16, 2) for _ in range(cores)])  # workers up before timing
+    rows = []
+    for n_labels in labels:
+        start = time.perf_counter()
+        serial = [_crf_task(i, height, width, n_labels) for i in range(count)]
+        serial_wall = time.perf_counter() - start
+        start = time.perf_counter()
+        ray.get([task.remote(i, height, width, n_labels) for i in range(count)])
+        parallel_wall = time.perf_counter() - start
+        speedup = serial_wall / parallel_wall
+        rows.append({"image": f"{height}x{width}", "labels": n_labels, "images": count,
+                     "s_per_image_1_core": round(sum(serial) / count, 3), "cores": cores,
+                     "images_per_s_all_cores": round(count / parallel_wall, 2), "speedup": round(speedup, 2),
+                     "efficiency": round(speedup / cores, 2)})
+    return rows

@@ -90,6 +90,8 @@ class CamConfig:
 
 @dataclass
 class PseudoLabelConfig:
+    method: str = "confident"  # confident: fg/bg thresholds (+ CRF), 255 where they disagree (IRNet, METHOD §3)
+    #                            threshold: CAM argmax at cam.bg_threshold (+ CRF on those labels when crf)
     fg_threshold: float = 0.30  # confident foreground background-plane score, METHOD §3
     bg_threshold: float = 0.05  # confident background
     crf: bool = True

@@ -1,7 +1,9 @@
-"""ResNet backbone for the classifier: torchvision layout and names, frozen BN, output stride 16 (METHOD §1.1).
+"""ResNet backbone: torchvision layout and names, frozen BN, output stride 16 for the classifier (METHOD §1.1) or 8
+for DeepLab (METHOD §5).
 
 Parameter names match torchvision's `resnet50` / `resnet101` (minus `fc`), so the standard ImageNet checkpoints
-load as they are (`vwe.models.weights.load_backbone`).
+load as they are (`vwe.models.weights.load_backbone`). `style="caffe"` gives the MSRA/caffe variant DeepLab's COCO
+weights were trained with: the stride on each stage's first 1x1 conv and a ceil-mode stem max-pool.
 """
 from __future__ import annotations
 
@@ -54,16 +56,18 @@ class FrozenBatchNorm2d(nn.Module):
 
 
 class Bottleneck(nn.Module):
-    """torchvision's Bottleneck (stride on the 3x3 conv) with frozen BN."""
+    """torchvision's Bottleneck (stride on the 3x3 conv, or on the first 1x1 with `stride_in_1x1`) with frozen BN."""
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, dilation: int = 1,
+                 stride_in_1x1: bool = False) -> None:
         super().__init__()
         out = planes * self.expansion
-        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        stride_1x1, stride_3x3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, stride=stride_1x1, bias=False)
         self.bn1 = FrozenBatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride_3x3, padding=dilation, dilation=dilation, bias=False)
         self.bn2 = FrozenBatchNorm2d(planes)
         self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
         self.bn3 = FrozenBatchNorm2d(out)
@@ -82,34 +86,50 @@ class Bottleneck(nn.Module):
         return self.relu(y + identity)
 
 
-class ResNetBackbone(nn.Module):
-    """ResNet without `fc`: conv1 / bn1 / maxpool / layer1..layer4, strides (2, 2, 2, 1) -> output stride 16.
+# output stride -> (stride, dilation) of layer1..layer4; a stage whose stride is replaced dilates all its blocks
+_STAGE_GEOMETRY = {16: ((1, 1), (2, 1), (2, 1), (1, 1)), 8: ((1, 1), (2, 1), (1, 2), (1, 4))}
+STYLES = ("torchvision", "caffe")
 
-    conv1 and bn1 never train. With `detach_layer2`, the output of layer2 is detached and conv1..layer2 are
-    frozen (`requires_grad=False`), so only layer3 and layer4 train (METHOD §1.1, D4).
+
+class ResNetBackbone(nn.Module):
+    """ResNet without `fc`: conv1 / bn1 / maxpool / layer1..layer4.
+
+    Output stride 16: strides (2, 2, 2, 1), no dilation (the classifier, METHOD §1.1). Output stride 8: layer3 and
+    layer4 keep stride 1 with dilation 2 and 4 in every block (DeepLab v2, METHOD §5).
+    conv1 and bn1 are frozen at construction. With `detach_layer2`, the output of layer2 is detached and
+    conv1..layer2 are frozen (`requires_grad=False`), so only layer3 and layer4 train (METHOD §1.1, D4).
 
     Args:
         layers: bottleneck blocks in layer1..layer4.
         width: stem channels (64 in torchvision); stage i uses width * 2**i bottleneck channels.
         detach_layer2: stop gradients below layer3.
+        output_stride: 16 or 8.
+        style: "torchvision" (stride on the 3x3 conv) or "caffe" (stride on the first 1x1, ceil-mode max-pool).
     """
 
-    def __init__(self, layers: Sequence[int], width: int = 64, detach_layer2: bool = True) -> None:
+    def __init__(self, layers: Sequence[int], width: int = 64, detach_layer2: bool = True, output_stride: int = 16,
+                 style: str = "torchvision") -> None:
         super().__init__()
         if len(layers) != 4:
             raise ValueError(f"expected block counts for 4 stages, got {list(layers)}")
+        if output_stride not in _STAGE_GEOMETRY:
+            raise ValueError(f"output_stride must be one of {sorted(_STAGE_GEOMETRY)}, got {output_stride}")
+        if style not in STYLES:
+            raise ValueError(f"style must be one of {STYLES}, got {style!r}")
+        caffe = style == "caffe"
         self.detach_layer2 = detach_layer2
+        self.output_stride = output_stride
         self.conv1 = nn.Conv2d(3, width, 7, stride=2, padding=3, bias=False)
         self.bn1 = FrozenBatchNorm2d(width)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1, ceil_mode=caffe)
         inplanes = width
         stages = []
-        for i, (blocks, stride) in enumerate(zip(layers, (1, 2, 2, 1))):
+        for i, (blocks, (stride, dilation)) in enumerate(zip(layers, _STAGE_GEOMETRY[output_stride])):
             planes = width * 2**i
-            stage = [Bottleneck(inplanes, planes, stride)]
+            stage = [Bottleneck(inplanes, planes, stride, dilation, stride_in_1x1=caffe)]
             inplanes = planes * Bottleneck.expansion
-            stage += [Bottleneck(inplanes, planes) for _ in range(blocks - 1)]
+            stage += [Bottleneck(inplanes, planes, dilation=dilation) for _ in range(blocks - 1)]
             stages.append(nn.Sequential(*stage))
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.out_channels = inplanes
@@ -131,9 +151,11 @@ class ResNetBackbone(nn.Module):
         return self.layer4(self.layer3(x))
 
 
-def build_backbone(name: str, detach_layer2: bool = True) -> ResNetBackbone:
-    """Returns a randomly initialised backbone: "resnet50", "resnet101" or "resnet-tiny"."""
+def build_backbone(name: str, detach_layer2: bool = True, output_stride: int = 16, style: str = "torchvision",
+                   key: str = "model.backbone") -> ResNetBackbone:
+    """Returns a randomly initialised backbone: "resnet50", "resnet101" or "resnet-tiny" (`key` names the config
+    field in the error for an unknown name)."""
     if name not in BACKBONES:
-        raise ConfigError(f"model.backbone: unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
+        raise ConfigError(f"{key}: unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
     layers, width = BACKBONES[name]
-    return ResNetBackbone(layers, width=width, detach_layer2=detach_layer2)
+    return ResNetBackbone(layers, width=width, detach_layer2=detach_layer2, output_stride=output_stride, style=style)

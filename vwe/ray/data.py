@@ -18,7 +18,8 @@ from vwe.config import Config
 from vwe.errors import DataError
 from vwe.io import update_manifest
 from vwe.ray.cluster import init_ray
-from vwe.stages import make_cams
+from vwe.data.voc import VOCDataset
+from vwe.stages import evaluate, make_cams, make_pseudo_labels
 
 log = logging.getLogger(__name__)
 
@@ -71,3 +72,102 @@ def run_make_cams(cfg: Config, split: str | None = None) -> dict[str, Any]:
 def _plain(row: dict[str, Any]) -> dict[str, Any]:
     """Arrow/numpy scalars -> Python values, for the Parquet manifest."""
     return {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
+
+
+def run_make_pseudo(cfg: Config, split: str | None = None) -> dict[str, Any]:
+    """Pseudo labels of every image of `split` (default cfg.data.train_split) from its CAMs; CRF as CPU tasks."""
+    cfg = cfg.resolved()
+    split = split or cfg.data.train_split
+    todo, done = make_cams.split_items(cfg, split, make_pseudo_labels.label_path, make_pseudo_labels.label_is_complete)
+    _require_cams(cfg, [item["id"] for item in todo], "make-pseudo")
+    log.info("make-pseudo on %s (%s): %d to do, %d already done", split, cfg.pseudo.method, len(todo), len(done))
+    rows: list[dict[str, Any]] = []
+    if todo:
+        init_ray(cfg.ray)
+        items = [{"id": item["id"], "path": item["path"]} for item in todo]
+        # one image per task and one core each: the CRF is single-threaded, so this scales with the cluster's CPUs
+        dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 1000)))
+        dataset = dataset.map_batches(make_pseudo_labels.make_labels, fn_kwargs={"cfg": cfg.to_dict()},
+                                      batch_size=1, batch_format="numpy", num_cpus=1)
+        rows = [_plain(row) for row in dataset.iter_rows()]
+    manifest = Path(cfg.out_dir) / make_pseudo_labels.LABEL_DIR / "manifest.parquet"
+    return {"split": split, **_finish(cfg, "make-pseudo", rows, len(done), manifest)}
+
+
+def _require_cams(cfg: Config, ids: list[str], stage: str) -> None:
+    missing = [i for i in ids if not make_cams.cam_is_complete(make_cams.cam_path(cfg.out_dir, i))]
+    if missing:
+        raise DataError(f"{stage}: {len(missing)} image(s) have no CAM file in {Path(cfg.out_dir) / make_cams.CAM_DIR}"
+                        f", e.g. {missing[0]}: run `vwe make-cam` on their split first")
+
+
+def _sweep_batch(batch: dict[str, np.ndarray], thresholds: list[float]) -> dict[str, np.ndarray]:
+    total = sum(evaluate.cam_sweep(cam, evaluate.read_mask(mask), thresholds)
+                for cam, mask in zip(batch["cam"], batch["mask"]))
+    return {"confusions": total[None], "images": np.array([len(batch["cam"])])}
+
+
+def _label_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    total = sum(evaluate.label_confusion(label, evaluate.read_mask(mask))
+                for label, mask in zip(batch["label"], batch["mask"]))
+    return {"confusion": total[None], "images": np.array([len(batch["label"])])}
+
+
+def _eval_items(cfg: Config, split: str) -> list[dict[str, str]]:
+    voc = VOCDataset(cfg.data.root)
+    items = []
+    for image_id in voc.split_ids(split):
+        mask = voc.mask_path(image_id)
+        if mask is None:
+            raise DataError(f"{voc.split_path(split)}: {image_id} has no ground-truth mask; evaluate a split with masks")
+        items.append({"id": image_id, "mask": str(mask)})
+    return items
+
+
+def run_eval_cams(cfg: Config, split: str | None = None) -> dict[str, Any]:
+    """mIoU of CAM labels on `split` (default cfg.data.cam_split) for every threshold of cfg.cam.sweep, in one pass.
+
+    Writes `<out_dir>/eval_cam/<split>.json`, `<split>_classes.csv` and `<split>_curve.csv`.
+    """
+    cfg = cfg.resolved()
+    split = split or cfg.data.cam_split
+    items = _eval_items(cfg, split)
+    _require_cams(cfg, [item["id"] for item in items], "eval-cam")
+    for item in items:
+        item["cam"] = str(make_cams.cam_path(cfg.out_dir, item["id"]))
+    init_ray(cfg.ray)
+    thresholds = list(cfg.cam.sweep)
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 8, 200)))
+    dataset = dataset.map_batches(_sweep_batch, fn_kwargs={"thresholds": thresholds}, batch_size=8,
+                                  batch_format="numpy", num_cpus=1)
+    total = np.zeros((len(thresholds), 21, 21), np.int64)
+    images = 0
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        total += batch["confusions"].sum(axis=0)
+        images += int(batch["images"].sum())
+    summary = {"split": split, "images": images, **evaluate.sweep_summary(total, thresholds)}
+    summary["files"] = {k: str(v) for k, v in evaluate.write_report(Path(cfg.out_dir) / "eval_cam", split, summary).items()}
+    return summary
+
+
+def run_eval_labels(cfg: Config, label_dir: str | Path, split: str, name: str) -> dict[str, Any]:
+    """mIoU of the label PNGs in `label_dir` (pseudo labels or predictions) on `split`; report `<name>.json/csv`."""
+    cfg = cfg.resolved()
+    items = _eval_items(cfg, split)
+    missing = [i["id"] for i in items if not (Path(label_dir) / f"{i['id']}.png").is_file()]
+    if missing:
+        raise DataError(f"{label_dir}: {len(missing)} label file(s) missing for split {split}, e.g. {missing[0]}.png")
+    for item in items:
+        item["label"] = str(Path(label_dir) / f"{item['id']}.png")
+    init_ray(cfg.ray)
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 8, 200)))
+    dataset = dataset.map_batches(_label_batch, batch_size=8, batch_format="numpy", num_cpus=1)
+    total = np.zeros((21, 21), np.int64)
+    images = 0
+    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+        total += batch["confusion"].sum(axis=0)
+        images += int(batch["images"].sum())
+    summary = {"split": split, "images": images, "labels": str(label_dir), **evaluate.scores_summary(total)}
+    summary["files"] = {k: str(v) for k, v in evaluate.write_report(Path(label_dir).parent / "eval_labels", name,
+                                                                     summary).items()}
+    return summary

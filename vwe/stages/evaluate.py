@@ -1,0 +1,99 @@
+"""Evaluation shared by the stages: per-image confusion matrices, mIoU reports (JSON + CSV), and the CAM
+background-threshold sweep (IRNet's eval_cam, METHOD §2).
+
+mIoU is the mean over classes present in the ground truth (`vwe.metrics`), on SegmentationClassAug when present.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vwe.cam import load_cam
+from vwe.data.voc import CLASSES, VOCDataset, read_mask
+from vwe.errors import DataError
+from vwe.io import write_json, write_text
+from vwe.metrics import ConfusionMatrix, confusion, sweep_confusions
+
+CLASS_NAMES = ("background", *CLASSES)
+
+
+def gt_mask(voc: VOCDataset, image_id: str) -> np.ndarray:
+    path = voc.mask_path(image_id)
+    if path is None:
+        raise DataError(f"{voc.root}: no ground-truth mask for {image_id} (SegmentationClassAug or SegmentationClass)")
+    return read_mask(path)
+
+
+def cam_sweep(cam_file: str | Path, gt: np.ndarray, thresholds: list[float]) -> np.ndarray:
+    """T x 21 x 21 confusions of one image's CAM labels at every background threshold."""
+    result = load_cam(cam_file)
+    if result.high_res.shape[1:] != gt.shape:
+        raise DataError(f"{cam_file}: CAM size {result.high_res.shape[1:]} differs from its mask {gt.shape}")
+    return sweep_confusions(result.high_res, result.keys, gt, thresholds)
+
+
+def label_confusion(label_file: str | Path, gt: np.ndarray) -> np.ndarray:
+    """21 x 21 confusion of a label PNG against the ground truth (255 in the prediction counts as background)."""
+    pred = read_mask(label_file)
+    if pred.shape != gt.shape:
+        raise DataError(f"{label_file}: size {pred.shape} differs from its ground-truth mask {gt.shape}")
+    return confusion(gt, np.where(pred == 255, 0, pred))
+
+
+def sweep_summary(confusions: np.ndarray, thresholds: list[float]) -> dict[str, Any]:
+    """mIoU per threshold, the best threshold and its per-class IoU."""
+    scores = [ConfusionMatrix(matrix=c).compute() for c in confusions]
+    curve = [float(s.miou) for s in scores]
+    best = int(np.nanargmax(curve))
+    return {"thresholds": list(thresholds), "miou": curve, "best_threshold": thresholds[best],
+            "best_miou": curve[best], "iou": _per_class(scores[best].iou)}
+
+
+def scores_summary(matrix: np.ndarray) -> dict[str, Any]:
+    scores = ConfusionMatrix(matrix=matrix).compute()
+    return {"miou": float(scores.miou), "pixel_accuracy": float(scores.pixel_accuracy), "iou": _per_class(scores.iou)}
+
+
+def _per_class(iou: np.ndarray) -> dict[str, float | None]:
+    return {name: (None if np.isnan(v) else float(v)) for name, v in zip(CLASS_NAMES, iou)}
+
+
+def write_report(directory: str | Path, name: str, summary: dict[str, Any]) -> dict[str, Path]:
+    """`<name>.json` (everything), `<name>_classes.csv` (one row: per-class IoU % and mIoU, the layout of the
+    authors' README table) and, for a sweep, `<name>_curve.csv` (threshold, mIoU %)."""
+    directory = Path(directory)
+    paths = {"json": directory / f"{name}.json", "classes": directory / f"{name}_classes.csv"}
+    write_json(paths["json"], summary)
+    iou = summary["iou"]
+    miou = summary.get("best_miou", summary.get("miou"))
+    write_text(paths["classes"], _csv([[*CLASS_NAMES, "mIoU"],
+                                       [*(_percent(iou[c]) for c in CLASS_NAMES), _percent(miou)]]))
+    if "thresholds" in summary:
+        paths["curve"] = directory / f"{name}_curve.csv"
+        write_text(paths["curve"], _csv([["threshold", "mIoU"],
+                                         *([t, _percent(m)] for t, m in zip(summary["thresholds"], summary["miou"]))]))
+    return paths
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """The per-class IoU table as aligned text, for the terminal."""
+    iou = summary["iou"]
+    miou = summary.get("best_miou", summary.get("miou"))
+    names = [*CLASS_NAMES, "mIoU"]
+    values = [*(_percent(iou[c]) for c in CLASS_NAMES), _percent(miou)]
+    width = max(len(n) for n in names)
+    return "\n".join(f"{n:<{width}}  {v:>6}" for n, v in zip(names, values))
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None or np.isnan(value) else f"{100 * value:.1f}"
+
+
+def _csv(rows: list[list[Any]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
