@@ -1,0 +1,24 @@
+"""The benchmark commands run on CPU at test size and print their tables (speed is never asserted)."""
+import json
+
+from vwe.cli import main
+
+
+def test_bench_train(tmp_path, capsys):
+    assert main(["bench", "train", "--steps", "2", "--json", str(tmp_path / "train.json")]) == 0
+    assert "full_step_img_s" in capsys.readouterr().out
+    (row,) = json.loads((tmp_path / "train.json").read_text())
+    assert row["backbone"] == "resnet-tiny" and row["model_step_img_s"] > 0 and row["full_step_img_s"] > 0
+
+
+def test_bench_cam(tmp_path, capsys):
+    assert main(["bench", "cam", "--images", "4", "--batch-size", "2", "--json", str(tmp_path / "cam.json")]) == 0
+    (row,) = json.loads((tmp_path / "cam.json").read_text())
+    assert row["max_abs_diff"] < 1e-2 and row["batched_img_s"] > 0
+
+
+def test_bench_crf(ray_local, tmp_path):
+    assert main(["bench", "crf", "--images", "2", "--size", "24x32", "--labels", "2", "3",
+                 "--json", str(tmp_path / "crf.json")]) == 0
+    rows = json.loads((tmp_path / "crf.json").read_text())
+    assert [r["labels"] for r in rows] == [2, 3] and all(r["s_per_image_1_core"] > 0 for r in rows)
