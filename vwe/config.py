@@ -61,7 +61,8 @@ class TrainConfig:
     epochs: int = 6
     lr: float = 0.01  # backbone; new layers get lr * new_layer_lr_mult
     new_layer_lr_mult: float = 10.0
-    momentum: float = 0.9  # the authors' code ran with an effective 1e-4 (METHOD P1); set 1e-4 to match them
+    optimizer: str = "sgd"  # sgd (the paper) | adamw (for random-init backbones, e.g. the synthetic demo)
+    momentum: float = 0.9  # SGD; the authors' code ran with an effective 1e-4 (METHOD P1); set 1e-4 to match them
     weight_decay: float = 1e-4
     poly_power: float = 0.9
     crop_size: int = 512
@@ -105,6 +106,48 @@ class PseudoLabelConfig:
 
 
 @dataclass
+class SegConfig:
+    backbone: str = "resnet101"  # resnet101 | resnet50 | resnet-tiny (tests, demo); output stride 8, METHOD §5
+    init: str = "imagenet"  # imagenet: torchvision ResNet checkpoint, torchvision layout, ImageNet mean/std input |
+    #                         coco: DeepLab's COCO checkpoint (deeplabv1_resnet101-coco.pth, caffe names), caffe
+    #                         layout (stride on the 1x1), BGR input minus the caffe mean, METHOD §5
+    pretrained: str = ""  # the `init` checkpoint: a path (or a URL for imagenet); "" = random init (tests only)
+    labels_dir: str = ""  # training labels, <id>.png index maps (255 ignored); "" = <out_dir>/pseudo_labels
+    batch_size: int = 10  # global, split over the workers; the authors' 5 x grad-accumulation 2 (METHOD P13)
+    iterations: int = 20000  # optimiser steps; the poly schedule spans them
+    lr: float = 2.5e-4  # backbone conv weights; ASPP weights x aspp_weight_lr_mult, biases x aspp_bias_lr_mult
+    aspp_weight_lr_mult: float = 10.0
+    aspp_bias_lr_mult: float = 20.0  # ASPP biases also get no weight decay
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9  # lr_t = lr (1 - t/T)^0.9, set every step (the authors every 10)
+    crop_size: int = 321  # square training crop; smaller images are padded bottom/right (image 0, label 255)
+    scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])  # one drawn per image, P12
+    flip: bool = True  # horizontal flip, p = 0.5
+    train_msc_scales: list[float] = field(default_factory=lambda: [0.5, 0.75])  # extra input scales of the MSC loss
+    aspp_rates: list[int] = field(default_factory=lambda: [6, 12, 18, 24])  # dilations of the 4 summed ASPP branches
+    test_scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.75])  # first must be 1.0; max fusion, no flip
+    crf: bool = False  # infer-seg / eval-seg / export-voc default: dense CRF on the softmax (the paper's +CRF rows)
+    crf_iterations: int = 10  # deeplab-pytorch's VOC test CRF, METHOD §4
+    crf_gaussian_sxy: float = 1.0
+    crf_gaussian_compat: float = 3.0
+    crf_bilateral_sxy: float = 67.0
+    crf_bilateral_srgb: float = 3.0
+    crf_bilateral_compat: float = 4.0
+    test_split: str = "test"  # split packed by export-voc for the VOC evaluation server
+    num_actors: int = 0  # inference actors; 0 = one per GPU (ray.use_gpu) or one on CPU
+    infer_batch_size: int = 4  # images per inference call; each runs alone at full size (batch 1, METHOD §5)
+    amp: bool = True  # bf16 autocast on GPU (ignored on CPU), training and inference
+    channels_last: bool = True  # GPU only
+    compile: bool = False  # torch.compile the training model (GPU)
+    loader_workers: int = 4  # DataLoader processes per training worker
+    seed: int = 1
+    log_every: int = 20  # steps between progress lines / host syncs
+    checkpoint_every: int = 1000  # steps between checkpoints (plus one at each epoch end and at the last step)
+    max_steps: int = 0  # > 0 stops early (tests, smoke runs); the LR schedule still spans `iterations`
+
+
+@dataclass
 class RayConfig:
     address: str = ""  # "" = a local Ray started in-process (or RAY_ADDRESS when set)
     num_workers: int = 1  # data-parallel training workers
@@ -123,6 +166,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     cam: CamConfig = field(default_factory=CamConfig)
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    seg: SegConfig = field(default_factory=SegConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def to_dict(self) -> dict[str, Any]:

@@ -16,17 +16,23 @@ from torch import nn
 from vwe.checkpoint import unwrap
 from vwe.config import Config, TrainConfig
 from vwe.data.datasets import ClassificationDataset
+from vwe.errors import ConfigError
 from vwe.io import atomic_path
 from vwe.losses import classifier_loss
 from vwe.models import Classifier, build_classifier
 from vwe.stages import training
 
 
-def build_optimizer(model: Classifier, train: TrainConfig) -> torch.optim.SGD:
-    """SGD over (backbone x1, new layers x new_layer_lr_mult); keyword arguments only (METHOD P1)."""
+def build_optimizer(model: Classifier, train: TrainConfig) -> torch.optim.Optimizer:
+    """SGD (or AdamW) over (backbone x1, new layers x new_layer_lr_mult); keyword arguments only (METHOD P1)."""
     backbone, new = model.param_groups()
     groups = [{"params": backbone, "lr_mult": 1.0}, {"params": new, "lr_mult": train.new_layer_lr_mult}]
-    optimizer = torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    if train.optimizer == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
+    elif train.optimizer == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
+    else:
+        raise ConfigError(f"train.optimizer must be sgd or adamw, got {train.optimizer!r}")
     training.set_lr(optimizer, train.lr, 1.0)
     return optimizer
 
