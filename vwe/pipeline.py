@@ -1,13 +1,16 @@
 """`vwe run`: the whole pipeline, stage after stage, each skipped when its outputs are complete.
 
 Like IRNet's run_sample.py, but a stage decides from its outputs on disk whether it still has work, so an
-interrupted run is re-run cheaply with the same command. Stage wall times go to `<out_dir>/stages.json`.
+interrupted run is re-run cheaply with the same command (per-image stages also resume image by image). Once a
+stage has run, every later stage runs afresh: its old outputs came from the old inputs. Stage wall times and
+throughput go to `<out_dir>/stages.json`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +28,7 @@ class Stage:
     name: str
     is_complete: Callable[[Config], bool]
     run: Callable[[Config], dict[str, Any]]
+    outputs: Callable[[Config], list[Path]]  # deleted before the stage runs afresh
 
 
 def _data_complete(cfg: Config) -> bool:
@@ -62,9 +66,72 @@ def _classifier(cfg: Config) -> dict[str, Any]:
     return {**result, "images": cfg.train.batch_size * (result["step"] - result["resumed_from"])}
 
 
+def _all_done(cfg: Config, split: str, path: Callable, is_complete: Callable) -> bool:
+    from vwe.data.voc import VOCDataset
+
+    return all(is_complete(path(cfg.out_dir, i)) for i in VOCDataset(cfg.data.root).split_ids(split))
+
+
+def _cams_complete(cfg: Config) -> bool:
+    from vwe.stages.make_cams import cam_is_complete, cam_path
+
+    return _all_done(cfg, cfg.data.train_split, cam_path, cam_is_complete)
+
+
+def _cams(cfg: Config) -> dict[str, Any]:
+    from vwe.ray.data import run_make_cams
+
+    result = run_make_cams(cfg, cfg.data.train_split)
+    return {**result, "images": result["processed"]}
+
+
+def _eval_cam_complete(cfg: Config) -> bool:
+    return (Path(cfg.out_dir) / "eval_cam" / f"{cfg.data.cam_split}.json").is_file()
+
+
+def _eval_cam(cfg: Config) -> dict[str, Any]:
+    from vwe.ray.data import run_eval_cams
+    from vwe.stages.evaluate import format_table
+
+    summary = run_eval_cams(cfg, cfg.data.cam_split)
+    log.info("CAM mIoU on %s per class, at the best background threshold %.2f:\n%s", cfg.data.cam_split,
+             summary["best_threshold"], format_table(summary))
+    return {k: summary[k] for k in ("split", "images", "best_threshold", "best_miou")}
+
+
+def _pseudo_complete(cfg: Config) -> bool:
+    from vwe.stages.make_pseudo_labels import label_is_complete, label_path
+
+    return _all_done(cfg, cfg.data.train_split, label_path, label_is_complete)
+
+
+def _pseudo(cfg: Config) -> dict[str, Any]:
+    from vwe.ray.data import run_eval_labels, run_make_pseudo
+    from vwe.stages.make_pseudo_labels import LABEL_DIR
+
+    result = run_make_pseudo(cfg, cfg.data.train_split)
+    scores = run_eval_labels(cfg, Path(cfg.out_dir) / LABEL_DIR, cfg.data.cam_split, f"pseudo_{cfg.data.cam_split}")
+    log.info("pseudo-label mIoU on %s: %.1f", cfg.data.cam_split, 100 * scores["miou"])
+    return {**result, "images": result["processed"], "miou": scores["miou"]}
+
+
+def _classifier_outputs(cfg: Config) -> list[Path]:
+    from vwe.ray.train import storage_path
+
+    storage = storage_path(cfg)
+    return [Path(cfg.out_dir) / "classifier"] + ([] if "://" in storage else [Path(storage) / "train_cam"])
+
+
+def _under(*names: str) -> Callable[[Config], list[Path]]:
+    return lambda cfg: [Path(cfg.out_dir) / name for name in names]
+
+
 STAGES = [
-    Stage("data", _data_complete, _data),
-    Stage("train_cam", _classifier_complete, _classifier),
+    Stage("data", _data_complete, _data, _under("data_check.json")),
+    Stage("train_cam", _classifier_complete, _classifier, _classifier_outputs),
+    Stage("make_cam", _cams_complete, _cams, _under("cams")),
+    Stage("eval_cam", _eval_cam_complete, _eval_cam, _under("eval_cam")),
+    Stage("make_pseudo", _pseudo_complete, _pseudo, _under("pseudo_labels", "eval_labels")),
 ]
 
 
@@ -76,11 +143,19 @@ def run(cfg: Config, force: tuple[str, ...] = ()) -> dict[str, Any]:
     cfg.dump(out / "config.yaml")
     records_path = out / "stages.json"
     records: dict[str, Any] = json.loads(records_path.read_text()) if records_path.is_file() else {}
+    fresh = False  # set once a stage runs: later stages must not keep outputs made from older inputs
     for stage in STAGES:
-        if stage.name not in force and stage.is_complete(cfg):
+        if not fresh and stage.name not in force and stage.is_complete(cfg):
             log.info("stage %s: outputs complete, skipped", stage.name)
             records.setdefault(stage.name, {})["skipped"] = True
             continue
+        if fresh or stage.name in force:
+            for path in stage.outputs(cfg):
+                if path.is_dir():
+                    shutil.rmtree(path)
+                elif path.exists():
+                    path.unlink()
+        fresh = True
         log.info("stage %s: running", stage.name)
         start = time.perf_counter()
         result = stage.run(cfg)
