@@ -13,7 +13,7 @@ from vwe.errors import VweError
 COMMAND_MODULES = [
     "vwe.pipeline",
     "vwe.data.commands",
-    "vwe.commands",
+    "vwe.commands.stages",
 ]
 
 
@@ -30,7 +30,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vwe", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser = argparse.ArgumentParser(prog="vwe", description="Weakly-supervised semantic segmentation with visual words, on Ray.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:

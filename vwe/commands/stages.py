@@ -1,4 +1,4 @@
-"""Sub-commands of the pipeline stages (`vwe train-cam`, ...). Each handler imports its stage lazily."""
+"""Sub-commands of the classifier, CAM and pseudo-label stages, and the benchmarks."""
 from __future__ import annotations
 
 import argparse
@@ -6,25 +6,9 @@ import json
 import logging
 
 from vwe.cli import add_config_args, config_from_args
+from vwe.commands import add_ray_args, ray_overrides
 
 log = logging.getLogger(__name__)
-
-
-def add_ray_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray in-process)")
-    parser.add_argument("--num-workers", type=int, help="data-parallel workers (sets ray.num_workers)")
-    parser.add_argument("--gpu", action="store_true", default=None, help="one GPU per worker (sets ray.use_gpu)")
-
-
-def ray_overrides(args: argparse.Namespace) -> dict:
-    overrides = {}
-    if args.address:
-        overrides["ray.address"] = args.address
-    if args.num_workers is not None:
-        overrides["ray.num_workers"] = args.num_workers
-    if args.gpu:
-        overrides["ray.use_gpu"] = True
-    return overrides
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
