@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from torch import nn
 
-from vwe.cam import load_cam
-from vwe.data.voc import CLASSES, VOCDataset, read_mask
+from vwe.cam import batched_cams, load_cam
+from vwe.data.voc import CLASSES, VOCDataset, read_image, read_mask
 from vwe.errors import DataError
 from vwe.io import write_json, write_text
 from vwe.metrics import ConfusionMatrix, confusion, sweep_confusions
@@ -79,6 +82,11 @@ def write_report(directory: str | Path, name: str, summary: dict[str, Any]) -> d
     return paths
 
 
+def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> None:
+    """A list of same-keyed dicts as CSV."""
+    write_text(path, _csv([list(rows[0]), *([row[k] for k in rows[0]] for row in rows)]) if rows else "")
+
+
 def format_table(summary: dict[str, Any]) -> str:
     """The per-class IoU table as aligned text, for the terminal."""
     iou = summary["iou"]
@@ -97,3 +105,27 @@ def _csv(rows: list[list[Any]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     return buffer.getvalue()
+
+
+def model_cam_sweep(model: nn.Module, root: str | Path, split: str, thresholds: list[float], *,
+                    num_images: int = 0, scales: Sequence[float] = (1.0,), batch_size: int = 8,
+                    dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+    """CAM mIoU of `model` (in memory, no CAM files) on the first `num_images` images of `split` (0: all of them)
+    at every background threshold; `sweep_summary` plus the image count. Used between training epochs."""
+    voc = VOCDataset(root)
+    ids = voc.split_ids(split)
+    ids = ids[:num_images] if num_images > 0 else ids
+    labels = voc.image_labels()
+    total = np.zeros((len(thresholds), 21, 21), np.int64)
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(ids), batch_size):
+            chunk = ids[start:start + batch_size]
+            images = [read_image(voc.image_path(i)) for i in chunk]
+            results = batched_cams(model, images, [labels[i] for i in chunk], scales, dtype=dtype)
+            for image_id, result in zip(chunk, results):
+                total += sweep_confusions(result.high_res, result.keys, gt_mask(voc, image_id), thresholds)
+    finally:
+        model.train(was_training)
+    return {"split": split, "images": len(ids), **sweep_summary(total, thresholds)}
