@@ -115,6 +115,16 @@ def _pseudo(cfg: Config) -> dict[str, Any]:
     return {**result, "images": result["processed"], "miou": scores["miou"]}
 
 
+def _report_complete(cfg: Config) -> bool:
+    return (Path(cfg.out_dir) / "report.html").is_file()
+
+
+def _report(cfg: Config) -> dict[str, Any]:
+    from vwe.report import build_report
+
+    return {"report": str(build_report(cfg.out_dir))}
+
+
 def _classifier_outputs(cfg: Config) -> list[Path]:
     from vwe.ray.train import storage_path
 
@@ -132,6 +142,7 @@ STAGES = [
     Stage("make_cam", _cams_complete, _cams, _under("cams")),
     Stage("eval_cam", _eval_cam_complete, _eval_cam, _under("eval_cam")),
     Stage("make_pseudo", _pseudo_complete, _pseudo, _under("pseudo_labels", "eval_labels")),
+    Stage("report", _report_complete, _report, _under("report.html", "report")),
 ]
 
 
