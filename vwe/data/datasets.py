@@ -1,4 +1,5 @@
-"""torch Datasets over a VOC2012 folder: augmented crops for classifier training, full images for inference."""
+"""torch Datasets over a VOC2012 folder: augmented crops for classifier and DeepLab training, full images for
+inference."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,10 +7,11 @@ from typing import Any, Iterable
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from vwe.data.transforms import TrainTransform
-from vwe.data.voc import NUM_CLASSES, VOCDataset, read_image, read_mask
+from vwe.data.transforms import Normalize, TrainTransform
+from vwe.data.voc import IGNORE, NUM_CLASSES, VOCDataset, read_image, read_mask
 from vwe.errors import DataError
 
 
@@ -77,3 +79,96 @@ class InferenceDataset(Dataset):
             "labels": np.zeros(NUM_CLASSES, np.float32) if labels is None else labels,
             "mask": None if mask_path is None else read_mask(mask_path),
         }
+
+
+CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)  # deeplab-pytorch's input mean for the caffe-converted COCO weights
+
+
+def deeplab_input(image: np.ndarray, caffe: bool = False) -> np.ndarray:
+    """uint8 H x W x 3 RGB -> float32 H x W x 3 DeepLab input.
+
+    caffe: BGR channel order minus the caffe mean, no scaling (the COCO init, METHOD §5); otherwise RGB with
+    ImageNet mean/std (`vwe.data.transforms.Normalize`), the input torchvision's ImageNet weights expect.
+    """
+    if caffe:
+        return image[..., ::-1].astype(np.float32) - np.asarray(CAFFE_MEAN_BGR, np.float32)
+    return _IMAGENET_INPUT(image)
+
+
+_IMAGENET_INPUT = Normalize()
+
+
+class SegmentationDataset(Dataset):
+    """Items {"id": str, "image": float32 3 x crop x crop, "label": int64 crop x crop} of one split, augmented.
+
+    Labels are the `<id>.png` index maps in `labels_dir` (pseudo labels, or any masks; 255 is ignored), which must
+    have their image's size. Augmentation as deeplab-pytorch (METHOD §5, P12): one scale drawn from `scales` (image
+    bilinear without antialiasing like cv2's INTER_LINEAR, label PIL nearest, size floor(side x scale)), padding at
+    the bottom/right to the crop size (image 0 after normalisation, i.e. the mean; label 255), a random crop,
+    a horizontal flip with p = 0.5. Seeded like `ClassificationDataset`: item i of epoch e uses (seed, e, i).
+    """
+
+    def __init__(self, root: str | Path, split: str, labels_dir: str | Path, *, crop_size: int = 321,
+                 scales: Iterable[float] = (0.5, 0.75, 1.0, 1.25, 1.5), flip: bool = True, caffe: bool = False,
+                 seed: int | None = None):
+        self.voc = VOCDataset(root)
+        self.labels_dir = Path(labels_dir)
+        self.ids = self.voc.split_ids(split)
+        missing = [i for i in self.ids if not self.label_path(i).is_file()]
+        if missing:
+            raise DataError(f"{self.labels_dir}: {len(missing)} of the {len(self.ids)} ids of split {split!r} have no "
+                            f"label file, e.g. {self.label_path(missing[0]).name} (make the pseudo labels first)")
+        self.crop_size = crop_size
+        self.scales = tuple(scales)
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"scales must be positive, got {self.scales}")
+        self.flip = flip
+        self.caffe = caffe
+        self.seed = seed
+        self.epoch = 0
+
+    def label_path(self, image_id: str) -> Path:
+        return self.labels_dir / f"{image_id}.png"
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image_id = self.ids[index]
+        image = read_image(self.voc.image_path(image_id))
+        label_path = self.label_path(image_id)
+        label = read_mask(label_path)
+        if label.shape != image.shape[:2]:
+            raise DataError(f"{label_path}: label size {label.shape[1]}x{label.shape[0]} (WxH) differs from the "
+                            f"image size {image.shape[1]}x{image.shape[0]}")
+        rng = np.random.default_rng(None if self.seed is None else (self.seed, self.epoch, index))
+        image, label = self.augment(deeplab_input(image, self.caffe), label, rng)
+        return {"id": image_id, "image": torch.from_numpy(image), "label": torch.from_numpy(label)}
+
+    def augment(self, image: np.ndarray, label: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Normalised float32 H x W x 3 image + uint8 H x W label -> float32 3 x crop x crop, int64 crop x crop."""
+        scale = self.scales[int(rng.integers(len(self.scales)))]
+        height, width = label.shape
+        size = (max(1, int(height * scale)), max(1, int(width * scale)))
+        if size != (height, width):
+            tensor = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None]
+            tensor = torch.nn.functional.interpolate(tensor, size=size, mode="bilinear", align_corners=False)
+            image = tensor[0].numpy().transpose(1, 2, 0)
+            label = np.asarray(Image.fromarray(label).resize(size[::-1], Image.Resampling.NEAREST))
+        crop = self.crop_size
+        padded_h, padded_w = max(crop, size[0]), max(crop, size[1])
+        canvas = np.zeros((padded_h, padded_w, 3), np.float32)
+        canvas[:size[0], :size[1]] = image
+        target = np.full((padded_h, padded_w), IGNORE, np.int64)
+        target[:size[0], :size[1]] = label
+        top = int(rng.integers(padded_h - crop + 1))
+        left = int(rng.integers(padded_w - crop + 1))
+        canvas = canvas[top:top + crop, left:left + crop]
+        target = target[top:top + crop, left:left + crop]
+        if self.flip and rng.random() < 0.5:
+            canvas, target = canvas[:, ::-1], target[:, ::-1]
+        return np.ascontiguousarray(canvas.transpose(2, 0, 1)), np.ascontiguousarray(target)

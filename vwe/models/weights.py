@@ -9,7 +9,7 @@ from __future__ import annotations
 import pickle
 import urllib.error
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -20,22 +20,27 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP and torch.co
 _LISTED_KEYS = 8  # keys named in an error message before "... and N more"
 
 
-def load_backbone(backbone: nn.Module, path_or_url: str) -> None:
+def load_backbone(backbone: nn.Module, path_or_url: str, *,
+                  rename: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
+                  key: str = "model.pretrained") -> None:
     """Copies a torchvision-format state dict (a local path or an http(s) URL) into `backbone`.
 
     A URL is fetched into the torch hub cache (needs network on first use). Wrapper prefixes (`module.`,
     `_orig_mod.`) are stripped and the ImageNet head (`fc.*`) is dropped; any other missing, unexpected or
     mis-shaped key is an error naming the keys. Files are read with `weights_only=True`: pickled objects other
-    than tensors and plain containers are refused.
+    than tensors and plain containers are refused. `rename` maps a foreign layout's names to torchvision's first
+    (e.g. `vwe.models.deeplab.coco_to_backbone_names`); `key` is the config field named in errors.
     """
-    state = _read_state_dict(path_or_url)
-    state = {_strip_prefixes(key): value for key, value in state.items()}
-    state = {key: value for key, value in state.items() if not key.startswith("fc.")}
+    state = _read_state_dict(path_or_url, key)
+    state = {_strip_prefixes(name): value for name, value in state.items()}
+    if rename is not None:
+        state = rename(state)
+    state = {name: value for name, value in state.items() if not name.startswith("fc.")}
     own = backbone.state_dict()
     mismatched = [
-        f"{key} {tuple(value.shape)} vs {tuple(own[key].shape)}"
-        for key, value in state.items()
-        if key in own and value.shape != own[key].shape
+        f"{name} {tuple(value.shape)} vs {tuple(own[name].shape)}"
+        for name, value in state.items()
+        if name in own and value.shape != own[name].shape
     ]
     if mismatched:
         raise DataError(f"{path_or_url}: tensors of the wrong shape (checkpoint vs model): {_listing(mismatched)}")
@@ -49,7 +54,7 @@ def load_backbone(backbone: nn.Module, path_or_url: str) -> None:
         raise DataError(f"{path_or_url}: not a checkpoint of this backbone; " + "; ".join(problems))
 
 
-def _read_state_dict(path_or_url: str) -> dict[str, Tensor]:
+def _read_state_dict(path_or_url: str, key: str) -> dict[str, Tensor]:
     try:
         if path_or_url.startswith(("http://", "https://")):
             state = torch.hub.load_state_dict_from_url(
@@ -57,11 +62,11 @@ def _read_state_dict(path_or_url: str) -> dict[str, Tensor]:
             )
         else:
             if not Path(path_or_url).is_file():
-                raise ConfigError(f"model.pretrained: no such file {path_or_url!r}")
+                raise ConfigError(f"{key}: no such file {path_or_url!r}")
             state = torch.load(path_or_url, map_location="cpu", weights_only=True)
     except urllib.error.URLError as err:
         raise ConfigError(
-            f"model.pretrained: cannot download {path_or_url} ({err.reason}); download it elsewhere and pass its path"
+            f"{key}: cannot download {path_or_url} ({err.reason}); download it elsewhere and pass its path"
         ) from err
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as err:
         first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

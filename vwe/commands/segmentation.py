@@ -1,0 +1,88 @@
+"""Sub-commands of the DeepLab stage: train-seg, infer-seg, eval-seg, export-voc."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from vwe.cli import add_config_args, config_from_args
+from vwe.commands import add_ray_args, ray_overrides
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    train = subparsers.add_parser("train-seg", help="train DeepLab v2 on the pseudo labels on Ray Train (stage 4)")
+    add_config_args(train)
+    add_ray_args(train)
+    group = train.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue the existing run (an error if there is none)")
+    group.add_argument("--restart", action="store_true", help="delete the existing run's checkpoints and start over")
+    train.set_defaults(handler=_train_seg)
+
+    infer = subparsers.add_parser("infer-seg", help="DeepLab predictions of a split on Ray Data (MS fusion, CRF)")
+    _add_prediction_args(infer, "data.eval_split")
+    infer.set_defaults(handler=_infer_seg)
+
+    evaluate = subparsers.add_parser("eval-seg", help="mIoU of the predictions of a split with masks, per class")
+    _add_prediction_args(evaluate, "data.eval_split")
+    evaluate.add_argument("--pred-dir", help="a folder of <id>.png to score instead of infer-seg's predictions")
+    evaluate.set_defaults(handler=_eval_seg)
+
+    export = subparsers.add_parser("export-voc", help="pack test predictions for the VOC evaluation server")
+    _add_prediction_args(export, "seg.test_split", ray=False)
+    export.add_argument("--out", help="the tar.gz to write (default: <out_dir>/voc_server/<split>[_crf].tar.gz)")
+    export.set_defaults(handler=_export_voc)
+
+
+def _add_prediction_args(parser: argparse.ArgumentParser, default_split: str, ray: bool = True) -> None:
+    add_config_args(parser)
+    if ray:
+        add_ray_args(parser)
+    parser.add_argument("--split", help=f"default: {default_split}")
+    parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
+                        help="dense CRF on the softmax (default: seg.crf)")
+
+
+def _train_seg(args: argparse.Namespace) -> int:
+    from vwe.ray.train import fit
+
+    cfg = config_from_args(args).with_overrides(ray_overrides(args))
+    result = fit("train_seg", cfg, resume=args.resume, restart=args.restart)
+    result.pop("history", None)
+    print(json.dumps(result, indent=2))
+    print(f"DeepLab weights: {cfg.resolved().out_dir}/deeplab/model.pth")
+    return 0
+
+
+def _infer_seg(args: argparse.Namespace) -> int:
+    from vwe.ray.segmentation import run_infer_seg
+
+    cfg = config_from_args(args).with_overrides(ray_overrides(args))
+    print(json.dumps(run_infer_seg(cfg, args.split, args.crf), indent=2))
+    return 0
+
+
+def _eval_seg(args: argparse.Namespace) -> int:
+    from vwe.ray.segmentation import run_eval_seg
+    from vwe.stages.eval_seg import format_table
+
+    cfg = config_from_args(args).with_overrides(ray_overrides(args))
+    summary = run_eval_seg(cfg, args.split, args.crf, args.pred_dir)
+    print(format_table(summary))
+    print(f"mIoU {100 * summary['miou']:.2f} on {summary['split']} ({summary['images']} images"
+          f"{', CRF' if summary['crf'] else ''})")
+    print("\n".join(f"{kind}: {path}" for kind, path in summary["files"].items()))
+    return 0
+
+
+def _export_voc(args: argparse.Namespace) -> int:
+    from vwe.stages.export_voc import export_voc
+    from vwe.stages.infer_seg import prediction_dir
+
+    cfg = config_from_args(args).resolved()
+    split = args.split or cfg.seg.test_split
+    crf = cfg.seg.crf if args.crf is None else args.crf
+    archive = Path(args.out or Path(cfg.out_dir) / "voc_server" / f"{split}{'_crf' if crf else ''}.tar.gz")
+    result = export_voc(cfg.data.root, split, prediction_dir(cfg.out_dir, split, crf), archive,
+                        cfg.data.num_classes)
+    print(json.dumps(result, indent=2))
+    return 0

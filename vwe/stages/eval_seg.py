@@ -1,0 +1,102 @@
+"""Segmentation mIoU of label PNGs (DeepLab predictions) against a split's masks (METHOD §2): one confusion matrix
+per image, summed; IoU per class, mIoU over the classes present in the ground truth; a JSON + CSV report.
+
+Ground truth is `SegmentationClassAug/<id>.png` when present, else `SegmentationClass/<id>.png`; its 255 pixels
+are left out. `vwe.ray.segmentation.run_eval_seg` runs `batch_confusion` as Ray Data tasks.
+"""
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vwe.data.voc import CLASSES, VOCDataset, read_mask
+from vwe.errors import DataError
+from vwe.io import write_json, write_text
+from vwe.metrics import ConfusionMatrix, confusion
+
+EVAL_DIR = "eval_seg"
+
+
+def class_names(num_classes: int) -> list[str]:
+    """Names of the label values: background, then the first `num_classes` VOC classes."""
+    return ["background", *CLASSES[:num_classes]]
+
+
+def eval_items(root: str | Path, split: str, pred_dir: str | Path) -> list[dict[str, str]]:
+    """{"id", "mask", "pred"} for every id of `split`; a missing mask or prediction is a DataError naming it."""
+    voc = VOCDataset(root)
+    items, no_mask, no_pred = [], [], []
+    for image_id in voc.split_ids(split):
+        mask = voc.mask_path(image_id)
+        pred = Path(pred_dir) / f"{image_id}.png"
+        if mask is None:
+            no_mask.append(image_id)
+        elif not pred.is_file():
+            no_pred.append(pred)
+        else:
+            items.append({"id": image_id, "mask": str(mask), "pred": str(pred)})
+    if no_mask:
+        raise DataError(f"{voc.split_path(split)}: {len(no_mask)} ids have no ground-truth mask, e.g. {no_mask[0]}; "
+                        "evaluate a split with masks")
+    if no_pred:
+        raise DataError(f"{pred_dir}: {len(no_pred)} predictions missing for split {split!r}, e.g. {no_pred[0]} "
+                        "(run `vwe infer-seg` on this split first)")
+    return items
+
+
+def image_confusion(pred_path: str | Path, mask_path: str | Path, num_classes: int) -> np.ndarray:
+    """num_classes x num_classes confusion (rows ground truth) of one prediction PNG against its mask."""
+    pred = read_mask(pred_path)
+    gt = read_mask(mask_path)
+    if pred.shape != gt.shape:
+        raise DataError(f"{pred_path}: prediction size {pred.shape[1]}x{pred.shape[0]} (WxH) differs from its mask "
+                        f"{mask_path} ({gt.shape[1]}x{gt.shape[0]})")
+    try:
+        return confusion(gt, pred, num_classes)
+    except ValueError as err:
+        raise DataError(f"{pred_path}: {err}") from err
+
+
+def batch_confusion(batch: dict[str, np.ndarray], num_classes: int) -> dict[str, np.ndarray]:
+    """One summed confusion matrix per batch of {"pred", "mask"} rows (1 x C x C), and the image count."""
+    total = np.zeros((num_classes, num_classes), np.int64)
+    for pred, mask in zip(batch["pred"], batch["mask"]):
+        total += image_confusion(pred, mask, num_classes)
+    return {"confusion": total[None], "images": np.array([len(batch["pred"])])}
+
+
+def summarize(matrix: np.ndarray, names: list[str]) -> dict[str, Any]:
+    """mIoU, pixel accuracy, per-class IoU (None for classes absent from the ground truth) and the matrix."""
+    scores = ConfusionMatrix(len(names), matrix).compute()
+    return {"miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
+            "iou": {name: None if np.isnan(v) else float(v) for name, v in zip(names, scores.iou)},
+            "confusion": np.asarray(matrix).tolist()}
+
+
+def write_report(directory: str | Path, name: str, summary: dict[str, Any]) -> dict[str, Path]:
+    """`<name>.json` (the whole summary) and `<name>_classes.csv`: a header of class names and mIoU, then one row
+    of IoU in percent (the layout of the authors' per-class table)."""
+    directory = Path(directory)
+    paths = {"json": directory / f"{name}.json", "classes": directory / f"{name}_classes.csv"}
+    write_json(paths["json"], summary)
+    names = list(summary["iou"])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow([*names, "mIoU"])
+    writer.writerow([*(_percent(summary["iou"][n]) for n in names), _percent(summary["miou"])])
+    write_text(paths["classes"], buffer.getvalue())
+    return paths
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    """Per-class IoU and mIoU in percent, one class per line."""
+    rows = [*summary["iou"].items(), ("mIoU", summary["miou"])]
+    return "\n".join(f"{name:>12s} {_percent(value):>6s}" for name, value in rows)
+
+
+def _percent(value: float | None) -> str:
+    return "" if value is None or np.isnan(value) else f"{100 * value:.2f}"

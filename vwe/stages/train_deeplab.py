@@ -1,0 +1,122 @@
+"""Stage 4: DeepLab v2 trained on the pseudo labels, as deeplab-pytorch trains it (METHOD §5).
+
+Global batch 10 split over the workers (the authors' 5 x gradient accumulation 2, METHOD P13), 321 crops, one
+of 5 scales per image, SGD momentum 0.9 with weight decay 5e-4, poly LR from 2.5e-4 over 20,000 steps, ASPP at
+10x / 20x, BN frozen, cross-entropy (255 ignored) summed over the 4 MSC outputs. The loop itself is
+`vwe.stages.training.run`, shared with the classifier (progress, checkpoints, resume, fault recovery).
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+import yaml
+from torch import Tensor, nn
+
+from vwe.checkpoint import unwrap
+from vwe.config import Config, SegConfig
+from vwe.data.datasets import SegmentationDataset
+from vwe.data.voc import IGNORE
+from vwe.errors import DataError
+from vwe.models.deeplab import DeepLabV2, MultiScaleDeepLab, build_deeplab, caffe_input
+from vwe.stages import training
+from vwe.stages.make_pseudo_labels import LABEL_DIR
+from vwe.stages.train_classifier import export_model
+
+MODEL_DIR = "deeplab"
+
+
+def labels_dir(cfg: Config) -> Path:
+    """Where the training labels are: `seg.labels_dir`, by default `<out_dir>/pseudo_labels`."""
+    return Path(cfg.seg.labels_dir or Path(cfg.out_dir) / LABEL_DIR)
+
+
+def build_optimizer(model: DeepLabV2, seg: SegConfig) -> torch.optim.SGD:
+    """SGD over the backbone convs (x1), ASPP weights (x10) and ASPP biases (x20, no weight decay); keywords only."""
+    groups = model.param_groups(seg.weight_decay, seg.aspp_weight_lr_mult, seg.aspp_bias_lr_mult)
+    optimizer = torch.optim.SGD(groups, lr=seg.lr, momentum=seg.momentum, weight_decay=seg.weight_decay)
+    training.set_lr(optimizer, seg.lr, 1.0)
+    return optimizer
+
+
+def resize_labels(labels: Tensor, size: Sequence[int]) -> Tensor:
+    """N x H x W integer labels -> N x size nearest-neighbour, sampling pixel centres as PIL's NEAREST does."""
+    if tuple(labels.shape[-2:]) == tuple(size):
+        return labels
+    resized = F.interpolate(labels[:, None].float(), size=tuple(size), mode="nearest-exact")
+    return resized[:, 0].long()
+
+
+def msc_loss(outputs: Sequence[Tensor], labels: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """Cross-entropy (255 ignored) of every MSC output against the labels resized to its size, summed.
+
+    Each term averages over the output's valid pixels; a term with none is 0 (not NaN: a crop can land entirely
+    on ignored pixels, which pseudo labels have many of).
+    """
+    total = torch.zeros((), device=labels.device)
+    terms: dict[str, Tensor] = {}
+    for i, logits in enumerate(outputs):
+        target = resize_labels(labels, logits.shape[-2:])
+        valid = (target != IGNORE).sum().clamp(min=1)
+        term = F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="sum") / valid
+        terms["loss_max" if i == len(outputs) - 1 else f"loss_{i}"] = term.detach()
+        total = total + term
+    return total, terms
+
+
+def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
+               cfg: Config) -> dict[str, Tensor]:
+    """One optimisation step; returns the loss terms as detached device tensors (no host sync)."""
+    device = next(unwrap(model).parameters()).device
+    images = batch["image"].to(device, non_blocking=True)
+    labels = batch["label"].to(device, non_blocking=True)
+    if device.type == "cuda" and cfg.seg.channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.seg.amp):
+        outputs = model(images)
+    loss, terms = msc_loss(outputs, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    terms["loss"] = loss.detach()
+    return terms
+
+
+def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Trains (or resumes) DeepLab on `data.train_split` with the labels of `labels_dir(cfg)`; rank 0 exports the
+    final weights to `<out_dir>/deeplab/`."""
+    seg = cfg.seg
+    torch.manual_seed(seg.seed)
+    if session.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    dataset = SegmentationDataset(cfg.data.root, cfg.data.train_split, labels_dir(cfg), crop_size=seg.crop_size,
+                                  scales=seg.scales, flip=seg.flip, caffe=caffe_input(seg), seed=seg.seed)
+    schedule = training.Schedule(
+        batch_size=seg.batch_size, total_steps=seg.iterations, lr=seg.lr, poly_power=seg.poly_power, seed=seg.seed,
+        log_every=seg.log_every, checkpoint_every=seg.checkpoint_every, loader_workers=seg.loader_workers,
+        max_steps=seg.max_steps)
+    base = build_deeplab(seg, cfg.data.num_classes + 1)
+    model = MultiScaleDeepLab(base, seg.train_msc_scales).to(session.device)
+    if session.device.type == "cuda" and seg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(base, seg)
+    result = training.run(session, model, optimizer, dataset, functools.partial(train_step, cfg=cfg), schedule,
+                          cfg.to_dict(), compile_model=seg.compile, fault=fault)
+    if session.rank == 0:
+        export_model(base, cfg, Path(cfg.out_dir) / MODEL_DIR)
+    return result
+
+
+def load_trained_deeplab(directory: str | Path, device: str | torch.device = "cpu") -> tuple[DeepLabV2, Config]:
+    """The exported DeepLab (`model.pth` + `config.yaml` in `directory`), in eval mode."""
+    directory = Path(directory)
+    config_path = directory / "config.yaml"
+    if not (config_path.is_file() and (directory / "model.pth").is_file()):
+        raise DataError(f"{directory}: no trained DeepLab (model.pth + config.yaml); run `vwe train-seg` first")
+    cfg = Config.from_dict(yaml.safe_load(config_path.read_text()), source=str(config_path))
+    model = build_deeplab(cfg.seg, cfg.data.num_classes + 1, load_pretrained=False)
+    model.load_state_dict(torch.load(directory / "model.pth", map_location="cpu", weights_only=True))
+    return model.to(device).eval(), cfg
