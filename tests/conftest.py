@@ -18,15 +18,16 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 VOC_SAMPLES = SHARED / "voc-samples" / "VOC2012"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ray_local():
-    """A private 2-CPU local Ray for the whole session."""
+    """A private 2-CPU local Ray, started by the first module that needs it and kept for the next ones (Ray stops
+    at exit). A module that needs other settings (test_tune.py) shuts it down and starts its own."""
     import ray
 
-    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
-             object_store_memory=256 * 1024**2)
-    yield ray
-    ray.shutdown()
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=256 * 1024**2)
+    return ray
 
 
 @pytest.fixture(scope="session")

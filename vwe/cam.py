@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from vwe import storage
 from vwe.data.transforms import InferenceTransform, Normalize
 from vwe.errors import ConfigError, DataError
 from vwe.io import atomic_path
@@ -279,7 +280,7 @@ def save_cam(path: str | Path, result: CamResult, dtype: np.dtype | str = np.flo
 def load_cam(path: str | Path) -> CamResult:
     """Reads a file written by `save_cam`; maps come back as float32. A bad file raises DataError naming it."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with storage.open_input(path) as f, np.load(f, allow_pickle=False) as data:
             arrays = {name: data[name] for name in _CAM_ARRAYS if name in data.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
         raise DataError(f"{path}: unreadable CAM file ({err})") from err
@@ -301,7 +302,7 @@ def load_cam(path: str | Path) -> CamResult:
 def cam_is_complete(path: str | Path) -> bool:
     """True when `path` is a whole CAM file (readable zip directory with all three arrays); cheap, reads no data."""
     try:
-        with zipfile.ZipFile(path) as archive:
+        with storage.open_input(path) as f, zipfile.ZipFile(f) as archive:
             names = set(archive.namelist())
     except (OSError, zipfile.BadZipFile):
         return False

@@ -14,6 +14,9 @@ COMMAND_MODULES = [
     "vwe.pipeline",
     "vwe.data.commands",
     "vwe.commands.stages",
+    "vwe.commands.tune",
+    "vwe.commands.report",
+    "vwe.commands.segmentation",
 ]
 
 

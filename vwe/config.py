@@ -16,6 +16,8 @@ from typing import Any
 import yaml
 
 from vwe.errors import ConfigError
+from vwe.io import write_text
+from vwe.storage import is_uri
 
 
 @dataclass
@@ -76,6 +78,8 @@ class TrainConfig:
     log_every: int = 20  # steps between progress lines / host syncs
     checkpoint_every: int = 200  # steps between checkpoints (plus one at each epoch end)
     max_steps: int = 0  # > 0 stops early (tests, smoke runs); the LR schedule still spans the full run
+    eval_images: int = 0  # > 0: CAM mIoU (best threshold of cam.sweep) of the first N images of data.cam_split at
+    #                       each epoch end, reported as cam_miou (what `vwe tune`'s ASHA scheduler compares)
 
 
 @dataclass
@@ -112,7 +116,8 @@ class SegConfig:
     #                         coco: DeepLab's COCO checkpoint (deeplabv1_resnet101-coco.pth, caffe names), caffe
     #                         layout (stride on the 1x1), BGR input minus the caffe mean, METHOD §5
     pretrained: str = ""  # the `init` checkpoint: a path (or a URL for imagenet); "" = random init (tests only)
-    labels_dir: str = ""  # training labels, <id>.png index maps (255 ignored); "" = <out_dir>/pseudo_labels
+    labels_dir: str = ""  # training labels, <id>.png index maps (255 ignored); "" = <out_dir>/pseudo_labels;
+    #                       "{out_dir}" expands to out_dir
     batch_size: int = 10  # global, split over the workers; the authors' 5 x grad-accumulation 2 (METHOD P13)
     iterations: int = 20000  # optimiser steps; the poly schedule spans them
     lr: float = 2.5e-4  # backbone conv weights; ASPP weights x aspp_weight_lr_mult, biases x aspp_bias_lr_mult
@@ -153,8 +158,13 @@ class RayConfig:
     num_workers: int = 1  # data-parallel training workers
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
-    storage_path: str = ""  # checkpoints and Ray results; "" = <out_dir>/ray
+    storage_path: str = ""  # checkpoints and Ray results, a path every node sees (NFS) or a URI (s3://...);
+    #                         "" = <out_dir>/ray
     max_failures: int = 1  # worker failures tolerated per training run
+    placement_strategy: str = "PACK"  # training workers: PACK (fill a node first) | SPREAD | STRICT_SPREAD (one
+    #                                   per node) | STRICT_PACK, Ray's placement group strategies
+    crf_resource: str = ""  # custom resource of the CPU nodes (cluster.yaml: crf_node); set, the CRF tasks of
+    #                         make-pseudo run only on nodes that have it; "" = any node with a free CPU
 
 
 @dataclass
@@ -184,15 +194,23 @@ class Config:
 
         Ray workers run in other directories (and on other hosts), so stages hand them resolved configs.
         """
-        out_dir = Path(self.out_dir).resolve()
-        overrides: dict[str, Any] = {"out_dir": str(out_dir),
-                                     "data.root": str(Path(self.data.root.replace("{out_dir}", str(out_dir))).resolve())}
+        out_dir = self.out_dir if is_uri(self.out_dir) else str(Path(self.out_dir).resolve())
+        root = self.data.root.replace("{out_dir}", out_dir)
+        if is_uri(root):
+            raise ConfigError(f"data.root must be a local or NFS path (copy the dataset to each node, or mount it), "
+                              f"got {root!r}; with an object-store out_dir, set data.root to a path")
+        overrides: dict[str, Any] = {"out_dir": out_dir, "data.root": str(Path(root).resolve())}
         if self.ray.storage_path and "://" not in self.ray.storage_path:
             overrides["ray.storage_path"] = str(Path(self.ray.storage_path).resolve())
+        for key, value in (("seg.labels_dir", self.seg.labels_dir), ("seg.pretrained", self.seg.pretrained)):
+            value = value.replace("{out_dir}", out_dir)
+            if value:
+                overrides[key] = value if "://" in value else str(Path(value).resolve())
         return self.with_overrides(overrides)
 
     def dump(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        """Writes the config as YAML (atomically; `path` may be a URI)."""
+        write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:

@@ -1,36 +1,17 @@
-"""Small file helpers: every output is written to a temporary name in its folder, then renamed."""
+"""Small file helpers: every output is written to a temporary name, then renamed (or uploaded in one piece).
+
+Paths may be local, on NFS, or object-store URIs (s3://...): see `vwe.storage`.
+"""
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from vwe import storage
+from vwe.storage import atomic_path
 
-_UMASK = os.umask(0)
-os.umask(_UMASK)
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yields a temporary path beside `path`; on success it replaces `path`, on error it is removed.
-
-    The temporary name keeps the suffix so writers that pick a format from it (PIL, numpy) still work.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual permissions
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
+__all__ = ["atomic_path", "update_manifest", "write_json", "write_text"]
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -50,11 +31,11 @@ def update_manifest(path: str | Path, rows: list[dict[str, Any]], key: str = "id
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    path = Path(path)
     merged: dict[Any, dict[str, Any]] = {}
-    if path.is_file():
-        for row in pq.read_table(path).to_pylist():
-            merged[row[key]] = row
+    if storage.is_file(path):
+        with storage.open_input(path) as f:
+            for row in pq.read_table(f).to_pylist():
+                merged[row[key]] = row
     for row in rows:
         merged[row[key]] = row
     table = pa.Table.from_pylist(sorted(merged.values(), key=lambda r: r[key]))

@@ -10,14 +10,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vwe import storage
 from vwe.config import Config
+from vwe.errors import ConfigError
 from vwe.io import write_json
 
 log = logging.getLogger(__name__)
@@ -28,11 +29,19 @@ class Stage:
     name: str
     is_complete: Callable[[Config], bool]
     run: Callable[[Config], dict[str, Any]]
-    outputs: Callable[[Config], list[Path]]  # deleted before the stage runs afresh
+    outputs: Callable[[Config], list[str | Path]]  # deleted before the stage runs afresh
+
+
+# Stages that handle an object-store out_dir (s3://...) through vwe.storage; the others need a file system path.
+OBJECT_STORE_STAGES = ("data", "train_cam", "make_cam", "eval_cam", "make_pseudo")
+
+
+def _done(cfg: Config, *parts: str) -> bool:
+    return storage.is_file(storage.join(cfg.out_dir, *parts))
 
 
 def _data_complete(cfg: Config) -> bool:
-    return (Path(cfg.out_dir) / "data_check.json").is_file()
+    return _done(cfg, "data_check.json")
 
 
 def _data(cfg: Config) -> dict[str, Any]:
@@ -50,12 +59,12 @@ def _data(cfg: Config) -> dict[str, Any]:
         log.info("%s", note)
     summary["counts"] = report.counts
     summary["bad_files"] = len(report.bad)
-    write_json(Path(cfg.out_dir) / "data_check.json", summary)
+    write_json(storage.join(cfg.out_dir, "data_check.json"), summary)
     return summary
 
 
 def _classifier_complete(cfg: Config) -> bool:
-    return (Path(cfg.out_dir) / "classifier" / "model.pth").is_file()
+    return _done(cfg, "classifier", "model.pth")
 
 
 def _classifier(cfg: Config) -> dict[str, Any]:
@@ -86,7 +95,7 @@ def _cams(cfg: Config) -> dict[str, Any]:
 
 
 def _eval_cam_complete(cfg: Config) -> bool:
-    return (Path(cfg.out_dir) / "eval_cam" / f"{cfg.data.cam_split}.json").is_file()
+    return _done(cfg, "eval_cam", f"{cfg.data.cam_split}.json")
 
 
 def _eval_cam(cfg: Config) -> dict[str, Any]:
@@ -110,13 +119,14 @@ def _pseudo(cfg: Config) -> dict[str, Any]:
     from vwe.stages.make_pseudo_labels import LABEL_DIR
 
     result = run_make_pseudo(cfg, cfg.data.train_split)
-    scores = run_eval_labels(cfg, Path(cfg.out_dir) / LABEL_DIR, cfg.data.cam_split, f"pseudo_{cfg.data.cam_split}")
+    scores = run_eval_labels(cfg, storage.join(cfg.out_dir, LABEL_DIR), cfg.data.cam_split,
+                             f"pseudo_{cfg.data.cam_split}")
     log.info("pseudo-label mIoU on %s: %.1f", cfg.data.cam_split, 100 * scores["miou"])
     return {**result, "images": result["processed"], "miou": scores["miou"]}
 
 
 def _report_complete(cfg: Config) -> bool:
-    return (Path(cfg.out_dir) / "report.html").is_file()
+    return _done(cfg, "report.html")
 
 
 def _report(cfg: Config) -> dict[str, Any]:
@@ -125,15 +135,14 @@ def _report(cfg: Config) -> dict[str, Any]:
     return {"report": str(build_report(cfg.out_dir))}
 
 
-def _classifier_outputs(cfg: Config) -> list[Path]:
+def _classifier_outputs(cfg: Config) -> list[str | Path]:
     from vwe.ray.train import storage_path
 
-    storage = storage_path(cfg)
-    return [Path(cfg.out_dir) / "classifier"] + ([] if "://" in storage else [Path(storage) / "train_cam"])
+    return [storage.join(cfg.out_dir, "classifier"), storage.join(storage_path(cfg), "train_cam")]
 
 
-def _under(*names: str) -> Callable[[Config], list[Path]]:
-    return lambda cfg: [Path(cfg.out_dir) / name for name in names]
+def _under(*names: str) -> Callable[[Config], list[str | Path]]:
+    return lambda cfg: [storage.join(cfg.out_dir, name) for name in names]
 
 
 STAGES = [
@@ -150,24 +159,28 @@ def run(cfg: Config, force: tuple[str, ...] = (), until: str | None = None) -> d
     """Runs every stage whose outputs are incomplete (or named in `force`), up to and including `until`;
     returns the per-stage records."""
     cfg = cfg.resolved()
-    out = Path(cfg.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cfg.dump(out / "config.yaml")
-    records_path = out / "stages.json"
-    records: dict[str, Any] = json.loads(records_path.read_text()) if records_path.is_file() else {}
-    fresh = False  # set once a stage runs: later stages must not keep outputs made from older inputs
     names = [stage.name for stage in STAGES]
-    for stage in STAGES[:names.index(until) + 1 if until else len(STAGES)]:
+    if until is not None and until not in names:
+        raise ConfigError(f"unknown stage {until!r} to run until (stages: {', '.join(names)})")
+    planned = STAGES[:names.index(until) + 1 if until else len(STAGES)]
+    if storage.is_uri(cfg.out_dir):
+        local_only = [stage.name for stage in planned if stage.name not in OBJECT_STORE_STAGES]
+        if local_only:
+            raise ConfigError(f"out_dir {cfg.out_dir}: stage(s) {', '.join(local_only)} need a file system out_dir "
+                              f"(local or NFS); use one, or stop before them with --until {OBJECT_STORE_STAGES[-1]}")
+    storage.makedirs(cfg.out_dir)
+    cfg.dump(storage.join(cfg.out_dir, "config.yaml"))
+    records_path = storage.join(cfg.out_dir, "stages.json")
+    records: dict[str, Any] = json.loads(storage.read_text(records_path)) if storage.is_file(records_path) else {}
+    fresh = False  # set once a stage runs: later stages must not keep outputs made from older inputs
+    for stage in planned:
         if not fresh and stage.name not in force and stage.is_complete(cfg):
             log.info("stage %s: outputs complete, skipped", stage.name)
             records.setdefault(stage.name, {})["skipped"] = True
             continue
         if fresh or stage.name in force:
             for path in stage.outputs(cfg):
-                if path.is_dir():
-                    shutil.rmtree(path)
-                elif path.exists():
-                    path.unlink()
+                storage.delete(path)
         fresh = True
         log.info("stage %s: running", stage.name)
         start = time.perf_counter()
@@ -196,17 +209,17 @@ def ablate(cfg: Config, variants: tuple[str, ...] = tuple(PAPER_ABLATION)) -> li
     from vwe.stages.evaluate import write_rows
 
     cfg = cfg.resolved()
-    base = Path(cfg.out_dir) / "ablation"
+    base = storage.join(cfg.out_dir, "ablation")
     rows = []
     for variant in variants:
-        variant_cfg = cfg.with_overrides({"model.variant": variant, "out_dir": str(base / variant.replace("+", "_")),
-                                          "data.root": cfg.data.root})
+        variant_out = str(storage.join(base, variant.replace("+", "_")))
+        variant_cfg = cfg.with_overrides({"model.variant": variant, "out_dir": variant_out, "data.root": cfg.data.root})
         run(variant_cfg, until="eval_cam")
-        summary = json.loads((Path(variant_cfg.out_dir) / "eval_cam" / f"{cfg.data.cam_split}.json").read_text())
+        summary = json.loads(storage.read_text(storage.join(variant_out, "eval_cam", f"{cfg.data.cam_split}.json")))
         rows.append({"variant": variant, "cam_miou": round(100 * summary["best_miou"], 1),
                      "best_threshold": summary["best_threshold"], "paper_voc_train": PAPER_ABLATION.get(variant)})
-    write_json(base / "ablation.json", rows)
-    write_rows(base / "ablation.csv", rows)
+    write_json(storage.join(base, "ablation.json"), rows)
+    write_rows(storage.join(base, "ablation.csv"), rows)
     return rows
 
 
@@ -218,6 +231,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", help="run folder (sets out_dir)")
     parser.add_argument("--force", nargs="+", default=[], metavar="STAGE",
                         help=f"re-run these stages even if complete: {', '.join(s.name for s in STAGES)}")
+    parser.add_argument("--until", metavar="STAGE", help="stop after this stage (default: run them all)")
     parser.set_defaults(handler=_main)
 
     parser = subparsers.add_parser("ablate", help="CAM mIoU of baseline / vwe / hspp / vwe+hspp on the same data")
@@ -250,8 +264,8 @@ def _main(args: argparse.Namespace) -> int:
     unknown = set(args.force) - {s.name for s in STAGES}
     if unknown:
         raise SystemExit(f"vwe run: unknown stage(s) in --force: {', '.join(sorted(unknown))}")
-    records = run(cfg, force=tuple(args.force))
-    print(f"run folder: {Path(cfg.out_dir).resolve()}")
+    records = run(cfg, force=tuple(args.force), until=args.until)
+    print(f"run folder: {cfg.resolved().out_dir}")
     for name, record in records.items():
         state = "skipped (complete)" if record.get("skipped") else f"{record.get('seconds', 0):.1f} s"
         print(f"  {name:12s} {state}")

@@ -28,6 +28,7 @@ from typing import Callable, Iterable, Iterator, TypeVar
 import numpy as np
 from PIL import Image
 
+from vwe import storage
 from vwe.errors import DataError
 from vwe.io import atomic_path, write_json, write_text
 
@@ -71,11 +72,11 @@ def palette() -> list[int]:
     return list(_PALETTE)
 
 
-def _decode(path: Path, what: str) -> Image.Image:
-    if not path.is_file():
+def _decode(path: str | Path, what: str) -> Image.Image:
+    if not storage.is_file(path):
         raise DataError(f"{path}: {what} file missing")
     try:
-        with Image.open(path) as image:
+        with storage.open_input(path) as f, Image.open(f) as image:
             image.load()
             return image
     except Exception as err:  # PIL signals corrupt data with many exception types (OSError, SyntaxError, zlib...)
@@ -84,13 +85,12 @@ def _decode(path: Path, what: str) -> Image.Image:
 
 def read_image(path: str | Path) -> np.ndarray:
     """Reads an image as uint8 H x W x 3 RGB."""
-    image = _decode(Path(path), "image")
+    image = _decode(path, "image")
     return np.array(image.convert("RGB") if image.mode != "RGB" else image)
 
 
 def read_mask(path: str | Path) -> np.ndarray:
     """Reads a label mask as uint8 H x W class indices (palette 'P' or grayscale 'L' PNG, never converted to RGB)."""
-    path = Path(path)
     image = _decode(path, "mask")
     if image.mode not in ("P", "L"):
         raise DataError(f"{path}: mask has mode {image.mode}; expected a palette (P) or grayscale (L) index map")

@@ -14,6 +14,7 @@ import numpy as np
 import ray
 import ray.data
 
+from vwe import storage
 from vwe.config import Config
 from vwe.errors import DataError
 from vwe.io import update_manifest
@@ -24,15 +25,17 @@ from vwe.stages import evaluate, make_cams, make_pseudo_labels
 log = logging.getLogger(__name__)
 
 
-def _inference_actors(cfg: Config) -> int:
-    if cfg.cam.num_actors > 0:
-        return cfg.cam.num_actors
+def _inference_actors(cfg: Config, requested: int | None = None) -> int:
+    """`requested` (default cam.num_actors) when > 0, else one per GPU (ray.use_gpu) or one on CPU."""
+    requested = cfg.cam.num_actors if requested is None else requested
+    if requested > 0:
+        return requested
     if cfg.ray.use_gpu:
         return max(1, int(ray.cluster_resources().get("GPU", 0)))
     return 1
 
 
-def _finish(cfg: Config, stage: str, rows: list[dict[str, Any]], done: int, manifest: Path) -> dict[str, Any]:
+def _finish(cfg: Config, stage: str, rows: list[dict[str, Any]], done: int, manifest: str | Path) -> dict[str, Any]:
     """Writes the manifest, reports bad inputs by id and file, and fails unless data.skip_bad."""
     bad = [row for row in rows if row["error"]]
     for row in bad:
@@ -65,7 +68,7 @@ def run_make_cams(cfg: Config, split: str | None = None) -> dict[str, Any]:
             batch_size=cfg.cam.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors),
             num_gpus=1 if cfg.ray.use_gpu else 0, num_cpus=1)
         rows = [_plain(row) for row in dataset.iter_rows()]
-    manifest = Path(cfg.out_dir) / make_cams.CAM_DIR / "manifest.parquet"
+    manifest = storage.join(cfg.out_dir, make_cams.CAM_DIR, "manifest.parquet")
     return {"split": split, **_finish(cfg, "make-cam", rows, len(done), manifest)}
 
 
@@ -85,20 +88,23 @@ def run_make_pseudo(cfg: Config, split: str | None = None) -> dict[str, Any]:
     if todo:
         init_ray(cfg.ray)
         items = [{"id": item["id"], "path": item["path"]} for item in todo]
-        # one image per task and one core each: the CRF is single-threaded, so this scales with the cluster's CPUs
+        # one image per task and one core each: the CRF is single-threaded, so this scales with the cluster's CPUs.
+        # The CPU nodes' custom resource is a marker (a tiny amount per task): their CPUs set the concurrency.
+        placement = {"resources": {cfg.ray.crf_resource: 0.001}} if cfg.ray.crf_resource else {}
         dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 1000)))
         dataset = dataset.map_batches(make_pseudo_labels.make_labels, fn_kwargs={"cfg": cfg.to_dict()},
-                                      batch_size=1, batch_format="numpy", num_cpus=1)
+                                      batch_size=1, batch_format="numpy", num_cpus=1, **placement)
         rows = [_plain(row) for row in dataset.iter_rows()]
-    manifest = Path(cfg.out_dir) / make_pseudo_labels.LABEL_DIR / "manifest.parquet"
+    manifest = storage.join(cfg.out_dir, make_pseudo_labels.LABEL_DIR, "manifest.parquet")
     return {"split": split, **_finish(cfg, "make-pseudo", rows, len(done), manifest)}
 
 
 def _require_cams(cfg: Config, ids: list[str], stage: str) -> None:
     missing = [i for i in ids if not make_cams.cam_is_complete(make_cams.cam_path(cfg.out_dir, i))]
     if missing:
-        raise DataError(f"{stage}: {len(missing)} image(s) have no CAM file in {Path(cfg.out_dir) / make_cams.CAM_DIR}"
-                        f", e.g. {missing[0]}: run `vwe make-cam` on their split first")
+        folder = storage.join(cfg.out_dir, make_cams.CAM_DIR)
+        raise DataError(f"{stage}: {len(missing)} image(s) have no CAM file in {folder}, e.g. {missing[0]}: "
+                        "run `vwe make-cam` on their split first")
 
 
 def _sweep_batch(batch: dict[str, np.ndarray], thresholds: list[float]) -> dict[str, np.ndarray]:
@@ -146,7 +152,8 @@ def run_eval_cams(cfg: Config, split: str | None = None) -> dict[str, Any]:
         total += batch["confusions"].sum(axis=0)
         images += int(batch["images"].sum())
     summary = {"split": split, "images": images, **evaluate.sweep_summary(total, thresholds)}
-    summary["files"] = {k: str(v) for k, v in evaluate.write_report(Path(cfg.out_dir) / "eval_cam", split, summary).items()}
+    files = evaluate.write_report(storage.join(cfg.out_dir, "eval_cam"), split, summary)
+    summary["files"] = {k: str(v) for k, v in files.items()}
     return summary
 
 
@@ -154,11 +161,11 @@ def run_eval_labels(cfg: Config, label_dir: str | Path, split: str, name: str) -
     """mIoU of the label PNGs in `label_dir` (pseudo labels or predictions) on `split`; report `<name>.json/csv`."""
     cfg = cfg.resolved()
     items = _eval_items(cfg, split)
-    missing = [i["id"] for i in items if not (Path(label_dir) / f"{i['id']}.png").is_file()]
+    for item in items:
+        item["label"] = str(storage.join(label_dir, f"{item['id']}.png"))
+    missing = [i["id"] for i in items if not storage.is_file(i["label"])]
     if missing:
         raise DataError(f"{label_dir}: {len(missing)} label file(s) missing for split {split}, e.g. {missing[0]}.png")
-    for item in items:
-        item["label"] = str(Path(label_dir) / f"{item['id']}.png")
     init_ray(cfg.ray)
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 8, 200)))
     dataset = dataset.map_batches(_label_batch, batch_size=8, batch_format="numpy", num_cpus=1)
@@ -168,6 +175,6 @@ def run_eval_labels(cfg: Config, label_dir: str | Path, split: str, name: str) -
         total += batch["confusion"].sum(axis=0)
         images += int(batch["images"].sum())
     summary = {"split": split, "images": images, "labels": str(label_dir), **evaluate.scores_summary(total)}
-    summary["files"] = {k: str(v) for k, v in evaluate.write_report(Path(label_dir).parent / "eval_labels", name,
-                                                                     summary).items()}
+    files = evaluate.write_report(storage.join(storage.parent(label_dir), "eval_labels"), name, summary)
+    summary["files"] = {k: str(v) for k, v in files.items()}
     return summary

@@ -22,10 +22,12 @@ from vwe.checkpoint import load_state, save_state
 from vwe.config import Config
 from vwe.errors import ConfigError
 from vwe.ray.cluster import init_ray
+from vwe.storage import join
 
 log = logging.getLogger(__name__)
 # stage name -> module whose `train(cfg, session, fault)` is the per-worker loop
 LOOPS = {"train_cam": "vwe.stages.train_classifier", "train_seg": "vwe.stages.train_deeplab"}
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 
 
 class RaySession:
@@ -70,7 +72,8 @@ def checkpoint_dirs(run_dir: Path) -> list[Path]:
 
 
 def storage_path(cfg: Config) -> str:
-    return cfg.ray.storage_path or str(Path(cfg.out_dir) / "ray")
+    """Where Ray Train keeps runs and checkpoints: ray.storage_path, else <out_dir>/ray (a path or a URI)."""
+    return cfg.ray.storage_path or str(join(cfg.out_dir, "ray"))
 
 
 def fit_classifier(cfg: Config, **kwargs: Any) -> dict[str, Any]:
@@ -79,10 +82,11 @@ def fit_classifier(cfg: Config, **kwargs: Any) -> dict[str, Any]:
 
 
 def fit(stage: str, cfg: Config, *, resume: bool = False, restart: bool = False,
-        fault: dict[str, Any] | None = None) -> dict[str, Any]:
+        fault: dict[str, Any] | None = None, callbacks: list[ray.train.UserCallback] | None = None) -> dict[str, Any]:
     """Runs the training stage `stage` (a key of LOOPS) on Ray Train; returns rank 0's result. A run is resumed.
 
     `resume=True` insists on an existing run; `restart=True` deletes it first. `fault` is the loop's test hook.
+    `callbacks` go to the run (a Tune trial passes `TuneReportCallback`).
     """
     cfg = cfg.resolved()  # workers change directory
     storage = storage_path(cfg)
@@ -97,6 +101,9 @@ def fit(stage: str, cfg: Config, *, resume: bool = False, restart: bool = False,
         log.info("resuming the run in %s (pass --restart to start over)", run_dir)
     if cfg.ray.num_workers < 1:
         raise ConfigError(f"ray.num_workers must be at least 1, got {cfg.ray.num_workers}")
+    if cfg.ray.placement_strategy not in PLACEMENT_STRATEGIES:
+        raise ConfigError(f"ray.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, "
+                          f"got {cfg.ray.placement_strategy!r}")
     init_ray(cfg.ray)
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
@@ -106,10 +113,11 @@ def fit(stage: str, cfg: Config, *, resume: bool = False, restart: bool = False,
         train_loop_config={"stage": stage, "cfg": cfg.to_dict(), "fault": fault},
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
-                                     resources_per_worker=resources),
+                                     resources_per_worker=resources,
+                                     placement_strategy=cfg.ray.placement_strategy),
         run_config=RunConfig(name=stage, storage_path=storage,
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
     )
     result = trainer.fit()
     return result.return_value

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vwe import storage
 from vwe.cam import batched_cams, load_cam
 from vwe.data.voc import CLASSES, VOCDataset, read_image, read_mask
 from vwe.errors import DataError
@@ -65,18 +66,17 @@ def _per_class(iou: np.ndarray) -> dict[str, float | None]:
     return {name: (None if np.isnan(v) else float(v)) for name, v in zip(CLASS_NAMES, iou)}
 
 
-def write_report(directory: str | Path, name: str, summary: dict[str, Any]) -> dict[str, Path]:
+def write_report(directory: str | Path, name: str, summary: dict[str, Any]) -> dict[str, str | Path]:
     """`<name>.json` (everything), `<name>_classes.csv` (one row: per-class IoU % and mIoU, the layout of the
     authors' README table) and, for a sweep, `<name>_curve.csv` (threshold, mIoU %)."""
-    directory = Path(directory)
-    paths = {"json": directory / f"{name}.json", "classes": directory / f"{name}_classes.csv"}
+    paths = {"json": storage.join(directory, f"{name}.json"), "classes": storage.join(directory, f"{name}_classes.csv")}
     write_json(paths["json"], summary)
     iou = summary["iou"]
     miou = summary.get("best_miou", summary.get("miou"))
     write_text(paths["classes"], _csv([[*CLASS_NAMES, "mIoU"],
                                        [*(_percent(iou[c]) for c in CLASS_NAMES), _percent(miou)]]))
     if "thresholds" in summary:
-        paths["curve"] = directory / f"{name}_curve.csv"
+        paths["curve"] = storage.join(directory, f"{name}_curve.csv")
         write_text(paths["curve"], _csv([["threshold", "mIoU"],
                                          *([t, _percent(m)] for t, m in zip(summary["thresholds"], summary["miou"]))]))
     return paths

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from vwe import storage
 from vwe.cam import batched_cams, cam_is_complete, save_cam
 from vwe.config import Config
 from vwe.data.voc import VOCDataset, read_image
@@ -22,8 +23,8 @@ from vwe.stages.train_classifier import load_trained_classifier
 CAM_DIR = "cams"
 
 
-def cam_path(out_dir: str | Path, image_id: str) -> Path:
-    return Path(out_dir) / CAM_DIR / f"{image_id}.npz"
+def cam_path(out_dir: str | Path, image_id: str) -> str | Path:
+    return storage.join(out_dir, CAM_DIR, f"{image_id}.npz")
 
 
 def split_items(cfg: Config, split: str, output: callable, is_complete: callable) -> tuple[list[dict], list[str]]:
@@ -59,7 +60,7 @@ class CamPredictor:
     def __init__(self, cfg: dict[str, Any], use_gpu: bool = False):
         self.cfg = Config.from_dict(cfg)
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        self.model, _ = load_trained_classifier(Path(self.cfg.out_dir) / "classifier", self.device)
+        self.model, _ = load_trained_classifier(storage.join(self.cfg.out_dir, "classifier"), self.device)
         gpu = self.device.type == "cuda"
         self.dtype = torch.bfloat16 if gpu and self.cfg.cam.amp else torch.float32
         self.channels_last = gpu

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from vwe import storage
 from vwe.cam import cam_to_label, load_cam
 from vwe.config import Config
 from vwe.crf import confident_pseudo_label, crf_labels, pseudo_label_params
@@ -24,21 +25,21 @@ LABEL_DIR = "pseudo_labels"
 METHODS = ("confident", "threshold")
 
 
-def label_path(out_dir: str | Path, image_id: str) -> Path:
-    return Path(out_dir) / LABEL_DIR / f"{image_id}.png"
+def label_path(out_dir: str | Path, image_id: str) -> str | Path:
+    return storage.join(out_dir, LABEL_DIR, f"{image_id}.png")
 
 
-def label_is_complete(path: Path) -> bool:
+def label_is_complete(path: str | Path) -> bool:
     """A PNG that ends with its IEND chunk (writes are atomic; this also catches files copied in halfway)."""
     try:
-        with open(path, "rb") as f:
+        with storage.open_input(path) as f:
             f.seek(-12, 2)
             return f.read()[4:8] == b"IEND"
     except OSError:
         return False
 
 
-def pseudo_label(cfg: Config, image: np.ndarray, cam_file: Path) -> np.ndarray:
+def pseudo_label(cfg: Config, image: np.ndarray, cam_file: str | Path) -> np.ndarray:
     """The pseudo label of one image from its saved CAMs."""
     result = load_cam(cam_file)
     if result.high_res.shape[1:] != image.shape[:2]:

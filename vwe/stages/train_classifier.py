@@ -13,14 +13,15 @@ import torch
 import yaml
 from torch import nn
 
+from vwe import storage
 from vwe.checkpoint import unwrap
 from vwe.config import Config, TrainConfig
 from vwe.data.datasets import ClassificationDataset
 from vwe.errors import ConfigError
-from vwe.io import atomic_path
+from vwe.io import atomic_path, write_text
 from vwe.losses import classifier_loss
 from vwe.models import Classifier, build_classifier
-from vwe.stages import training
+from vwe.stages import evaluate, training
 
 
 def build_optimizer(model: Classifier, train: TrainConfig) -> torch.optim.Optimizer:
@@ -78,28 +79,40 @@ def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None =
     if session.device.type == "cuda" and train_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, train_cfg)
+    epoch_eval = functools.partial(epoch_cam_miou, cfg=cfg) if train_cfg.eval_images > 0 else None
     result = training.run(session, model, optimizer, dataset, functools.partial(train_step, cfg=cfg), schedule,
-                          cfg.to_dict(), compile_model=train_cfg.compile, fault=fault)
+                          cfg.to_dict(), compile_model=train_cfg.compile, fault=fault, epoch_eval=epoch_eval)
     if session.rank == 0:
-        export_model(model, cfg, Path(cfg.out_dir) / "classifier")
+        export_model(model, cfg, storage.join(cfg.out_dir, "classifier"))
     return result
 
 
-def export_model(model: nn.Module, cfg: Config, directory: Path) -> Path:
-    """Writes `model.pth` (a plain state dict) and `config.yaml` beside it; returns the weights path."""
-    weights = directory / "model.pth"
-    with atomic_path(directory / "config.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+def epoch_cam_miou(model: nn.Module, cfg: Config) -> dict[str, float]:
+    """CAM mIoU at the best background threshold on the first `train.eval_images` images of data.cam_split, with
+    the configured CAM scales; the per-epoch signal of `vwe tune`'s early stopping."""
+    device = next(model.parameters()).device
+    summary = evaluate.model_cam_sweep(
+        model, cfg.data.root, cfg.data.cam_split, list(cfg.cam.sweep), num_images=cfg.train.eval_images,
+        scales=cfg.cam.scales, batch_size=cfg.cam.batch_size,
+        dtype=torch.bfloat16 if device.type == "cuda" and cfg.cam.amp else torch.float32)
+    return {"cam_miou": summary["best_miou"], "cam_threshold": summary["best_threshold"]}
+
+
+def export_model(model: nn.Module, cfg: Config, directory: str | Path) -> str | Path:
+    """Writes `model.pth` (a plain state dict) and `config.yaml` beside it (a folder or URI); returns the weights
+    path."""
+    weights = storage.join(directory, "model.pth")
+    write_text(storage.join(directory, "config.yaml"), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     with atomic_path(weights) as tmp:
         torch.save(unwrap(model).state_dict(), tmp)
     return weights
 
 
 def load_trained_classifier(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, Config]:
-    """The exported classifier (`model.pth` + `config.yaml` in `directory`), in eval mode."""
-    directory = Path(directory)
-    config_path = directory / "config.yaml"
-    cfg = Config.from_dict(yaml.safe_load(config_path.read_text()), source=str(config_path))
+    """The exported classifier (`model.pth` + `config.yaml` in `directory`, a folder or URI), in eval mode."""
+    config_path = storage.join(directory, "config.yaml")
+    cfg = Config.from_dict(yaml.safe_load(storage.read_text(config_path)), source=str(config_path))
     model = build_classifier(cfg, load_pretrained=False)
-    model.load_state_dict(torch.load(directory / "model.pth", map_location="cpu", weights_only=True))
+    with storage.local_copy(storage.join(directory, "model.pth")) as weights:
+        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
     return model.to(device).eval(), cfg

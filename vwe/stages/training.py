@@ -107,13 +107,15 @@ StepFn = Callable[[nn.Module, dict[str, Any], torch.optim.Optimizer], dict[str, 
 
 def run(session: Session, model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset, step_fn: StepFn,
         schedule: Schedule, config: dict[str, Any], compile_model: bool = False,
-        fault: dict[str, Any] | None = None) -> dict[str, Any]:
+        fault: dict[str, Any] | None = None,
+        epoch_eval: Callable[[nn.Module], dict[str, float]] | None = None) -> dict[str, Any]:
     """Trains from the session's last checkpoint (or step 0) to `schedule.last_step`.
 
     `step_fn(model, batch, optimizer)` does one optimisation step and returns loss terms as detached device
     tensors; they are averaged and read (the only host sync) every `log_every` steps and at checkpoints.
-    Returns the last metrics, the step it resumed from and every report since. `fault` is a test hook:
-    {"step": k, "rank": r, "marker": path} raises once on rank r after step k.
+    Returns the last metrics, the step it resumed from and every report since. `epoch_eval(model)` (optional) runs
+    on rank 0 at each epoch end; its metrics join that step's report (the other ranks report the step without
+    them). `fault` is a test hook: {"step": k, "rank": r, "marker": path} raises once on rank r after step k.
     """
     per_epoch = steps_per_epoch(len(dataset), schedule.batch_size, "training")
     batch = per_worker_batch(schedule.batch_size, session.world_size)
@@ -156,6 +158,9 @@ def run(session: Session, model: nn.Module, optimizer: torch.optim.Optimizer, da
             if step % schedule.log_every == 0 or checkpoint_now:
                 losses = meter.summary()
                 metrics = {"step": step, "epoch": step / per_epoch, "lr": schedule.lr * factor, **losses}
+                if epoch_eval is not None and step % per_epoch == 0 and session.rank == 0:
+                    metrics.update(epoch_eval(model))
+                    meter.restart_clock()  # the evaluation is not training time
                 history.append(metrics)
                 if session.rank == 0:
                     log.info("step %d/%d  epoch %.2f  %s  lr %.6f", step, schedule.last_step, metrics["epoch"],
@@ -185,6 +190,9 @@ class _Meter:
             self.sums[name] = self.sums.get(name, 0) + value
         self.count += 1
         self.images += images
+
+    def restart_clock(self) -> None:
+        self.start = time.perf_counter()
 
     def summary(self) -> dict[str, float]:
         out = {name: float(total) / self.count for name, total in self.sums.items()}

@@ -1,0 +1,174 @@
+"""vwe.storage on a local folder and on S3 (moto's server on loopback, reached through pyarrow's S3 client):
+basic file operations, atomic writes, and the stage outputs (CAMs, pseudo labels, manifests, reports, the exported
+classifier, the pipeline's bookkeeping) written to and read back from an s3:// run folder."""
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+import pytest
+import torch
+import yaml
+from moto.server import ThreadedMotoServer
+
+from vwe import storage
+from vwe.cam import CamResult, cam_is_complete, load_cam, save_cam
+from vwe.config import load_config
+from vwe.data.synth import generate
+from vwe.data.voc import VOCDataset, read_image, read_mask, write_mask
+from vwe.errors import ConfigError
+from vwe.io import atomic_path, update_manifest, write_json
+from vwe.models import build_classifier
+from vwe.stages.make_cams import cam_path
+from vwe.stages.make_pseudo_labels import label_is_complete, label_path, make_labels
+from vwe.stages.train_classifier import export_model, load_trained_classifier
+
+REPO = Path(__file__).resolve().parents[1]
+BUCKET = "vwe-test"
+
+
+@pytest.fixture(scope="module")
+def s3_bucket():
+    """A moto S3 server on 127.0.0.1 with one bucket; pyarrow finds it through AWS_ENDPOINT_URL_S3."""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as env:
+        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION":
+                           "us-east-1", "AWS_ENDPOINT_URL_S3": endpoint, "AWS_EC2_METADATA_DISABLED": "true"}.items():
+            env.setenv(key, value)
+        pafs.S3FileSystem(endpoint_override=endpoint, scheme="http", allow_bucket_creation=True).create_dir(BUCKET)
+        storage._filesystem.cache_clear()
+        yield f"s3://{BUCKET}"
+        storage._filesystem.cache_clear()
+    server.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def root(request, tmp_path):
+    """A fresh run folder: a local path, or a prefix in the S3 bucket."""
+    if request.param == "local":
+        return tmp_path / "out"
+    return f"{request.getfixturevalue('s3_bucket')}/{uuid.uuid4().hex[:8]}"
+
+
+def test_join_keeps_local_paths_and_uris():
+    assert storage.join("/a/b", "c", "d.png") == Path("/a/b/c/d.png")
+    assert storage.join("s3://bucket/run/", "cams", "x.npz") == "s3://bucket/run/cams/x.npz"
+    assert storage.parent("s3://bucket/run/cams") == "s3://bucket/run" and storage.name("s3://b/x/y.png") == "y.png"
+    assert storage.is_uri("gs://b/x") and not storage.is_uri("/data/x") and not storage.is_uri("file:///data/x")
+    assert storage.join("file:///data", "x") == Path("/data/x")
+
+
+def test_files_list_and_delete(root):
+    storage.makedirs(storage.join(root, "sub"))
+    storage.write_bytes(storage.join(root, "sub", "a.bin"), b"abc")
+    storage.write_bytes(storage.join(root, "b.txt"), "héllo".encode())
+    assert storage.read_bytes(storage.join(root, "sub", "a.bin")) == b"abc"
+    assert storage.read_text(storage.join(root, "b.txt")) == "héllo"
+    assert storage.listdir(root) == ["b.txt", "sub"] and storage.listdir(storage.join(root, "none")) == []
+    assert storage.is_dir(storage.join(root, "sub")) and not storage.is_file(storage.join(root, "sub"))
+    assert storage.exists(storage.join(root, "b.txt")) and not storage.exists(storage.join(root, "c.txt"))
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(storage.join(root, "c.txt"))
+    storage.delete(storage.join(root, "sub"))
+    storage.delete(storage.join(root, "never-written"))
+    assert storage.listdir(root) == ["b.txt"]
+
+
+def test_failed_write_keeps_the_old_content(root):
+    path = storage.join(root, "report.json")
+    write_json(path, {"v": 1})
+    with pytest.raises(RuntimeError), atomic_path(path) as tmp:
+        tmp.write_text('{"v": 2, "trunc')
+        raise RuntimeError("crash while writing")
+    assert storage.read_text(path) == '{\n  "v": 1\n}\n'
+    assert storage.listdir(root) == ["report.json"]  # no temporary left behind
+
+
+def test_local_copy_and_upload(root, tmp_path):
+    source = tmp_path / "weights.bin"
+    source.write_bytes(bytes(range(256)) * 100)
+    target = storage.join(root, "w", "weights.bin")
+    storage.upload(source, target)
+    with storage.local_copy(target) as copy:
+        assert copy.read_bytes() == source.read_bytes() and copy.name == "weights.bin"
+
+
+def test_cam_and_pseudo_label_round_trip(root, tmp_path):
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"out_dir={root}", f"data.root={tmp_path / 'VOC2012'}",
+                                                       "pseudo.method=threshold"]).resolved()
+    assert cfg.out_dir == str(root if storage.is_uri(root) else Path(root).resolve())
+    generate(cfg.data.root, {"train_aug": 2, "train": 2}, 24, 32, num_classes=20, seed=1)
+    voc = VOCDataset(cfg.data.root)
+    image_id = voc.split_ids("train")[0]
+    keys = np.flatnonzero(voc.image_labels()[image_id])
+    rng = np.random.default_rng(0)
+    high_res = rng.random((len(keys), 24, 32), dtype=np.float32)
+    saved = CamResult(keys, high_res[:, ::4, ::4].copy(), high_res)
+    path = cam_path(cfg.out_dir, image_id)
+    assert not cam_is_complete(path)
+    save_cam(path, saved, np.float32)
+    assert cam_is_complete(path)
+    loaded = load_cam(path)
+    np.testing.assert_array_equal(loaded.keys, keys)
+    np.testing.assert_array_equal(loaded.high_res, high_res)
+
+    storage.write_bytes(cam_path(cfg.out_dir, "halfway"), storage.read_bytes(path)[:200])
+    storage.write_bytes(cam_path(cfg.out_dir, "stub"), b"PK")
+    assert not cam_is_complete(cam_path(cfg.out_dir, "halfway")) and not cam_is_complete(cam_path(cfg.out_dir, "stub"))
+
+    # the CRF task body of make-pseudo: CAM from the run folder, image from data.root, label PNG to the run folder
+    rows = make_labels({"id": np.array([image_id], object), "path": np.array([str(voc.image_path(image_id))], object)},
+                       cfg.to_dict())
+    assert rows["error"].tolist() == [""]
+    label_file = label_path(cfg.out_dir, image_id)
+    assert label_is_complete(label_file)
+    label = read_mask(label_file)
+    assert label.shape == read_image(voc.image_path(image_id)).shape[:2]
+    assert set(np.unique(label)) <= {0, *(keys + 1)}
+    storage.write_bytes(label_path(cfg.out_dir, "halfway"), storage.read_bytes(label_file)[:-6])
+    storage.write_bytes(label_path(cfg.out_dir, "stub"), b"\x89PNG")
+    assert not label_is_complete(label_path(cfg.out_dir, "halfway"))
+    assert not label_is_complete(label_path(cfg.out_dir, "stub"))
+    write_mask(label_path(cfg.out_dir, "copy"), label)
+    np.testing.assert_array_equal(read_mask(label_path(cfg.out_dir, "copy")), label)
+
+
+def test_manifest_merges_rows(root):
+    manifest = storage.join(root, "cams", "manifest.parquet")
+    assert update_manifest(manifest, [{"id": "b", "seconds": 1.0}, {"id": "a", "seconds": 2.0}]) == 2
+    assert update_manifest(manifest, [{"id": "a", "seconds": 3.0}, {"id": "c", "seconds": 4.0}]) == 3
+    with storage.open_input(manifest) as f:
+        rows = pq.read_table(f).to_pylist()
+    assert rows == [{"id": "a", "seconds": 3.0}, {"id": "b", "seconds": 1.0}, {"id": "c", "seconds": 4.0}]
+
+
+def test_exported_classifier_round_trip(root):
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"out_dir={root}"])
+    torch.manual_seed(0)
+    model = build_classifier(cfg)
+    weights = export_model(model, cfg, storage.join(root, "classifier"))
+    assert storage.is_file(weights)
+    loaded, loaded_cfg = load_trained_classifier(storage.join(root, "classifier"))
+    assert loaded_cfg.model == cfg.model
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0, msg=key)
+
+
+def test_pipeline_bookkeeping_in_an_object_store(s3_bucket, synth_root):
+    from vwe.pipeline import run
+
+    out = f"{s3_bucket}/pipeline-{uuid.uuid4().hex[:8]}"
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"out_dir={out}", f"data.root={synth_root}",
+                                                       "synth.enabled=false"])
+    with pytest.raises(ConfigError, match="report"):
+        run(cfg)  # the report stage reads the run folder as files: refused before anything runs
+    assert storage.listdir(out) == []
+    first = run(cfg, until="data")
+    assert first["data"]["skipped"] is False and first["data"]["result"]["counts"]["train_aug"] == 96
+    assert storage.listdir(out) == ["config.yaml", "data_check.json", "stages.json"]
+    assert yaml.safe_load(storage.read_text(f"{out}/config.yaml"))["out_dir"] == out
+    assert run(cfg, until="data")["data"]["skipped"] is True
