@@ -81,31 +81,44 @@ def _all_done(cfg: Config, split: str, path: Callable, is_complete: Callable) ->
     return all(is_complete(path(cfg.out_dir, i)) for i in VOCDataset(cfg.data.root).split_ids(split))
 
 
+def _cam_splits(cfg: Config) -> list[str]:
+    """CAMs for the pseudo labels (train split) and for the evaluation split, where the final model is compared
+    with the CAMs themselves."""
+    return list(dict.fromkeys([cfg.data.train_split, cfg.data.cam_split, cfg.data.eval_split]))
+
+
 def _cams_complete(cfg: Config) -> bool:
     from vwe.stages.make_cams import cam_is_complete, cam_path
 
-    return _all_done(cfg, cfg.data.train_split, cam_path, cam_is_complete)
+    return all(_all_done(cfg, split, cam_path, cam_is_complete) for split in _cam_splits(cfg))
 
 
 def _cams(cfg: Config) -> dict[str, Any]:
     from vwe.ray.data import run_make_cams
 
-    result = run_make_cams(cfg, cfg.data.train_split)
-    return {**result, "images": result["processed"]}
+    results = [run_make_cams(cfg, split) for split in _cam_splits(cfg)]
+    return {"splits": results, "images": sum(r["processed"] for r in results)}
+
+
+def _eval_cam_splits(cfg: Config) -> list[str]:
+    return list(dict.fromkeys([cfg.data.cam_split, cfg.data.eval_split]))
 
 
 def _eval_cam_complete(cfg: Config) -> bool:
-    return _done(cfg, "eval_cam", f"{cfg.data.cam_split}.json")
+    return all(_done(cfg, "eval_cam", f"{split}.json") for split in _eval_cam_splits(cfg))
 
 
 def _eval_cam(cfg: Config) -> dict[str, Any]:
     from vwe.ray.data import run_eval_cams
     from vwe.stages.evaluate import format_table
 
-    summary = run_eval_cams(cfg, cfg.data.cam_split)
-    log.info("CAM mIoU on %s per class, at the best background threshold %.2f:\n%s", cfg.data.cam_split,
-             summary["best_threshold"], format_table(summary))
-    return {k: summary[k] for k in ("split", "images", "best_threshold", "best_miou")}
+    results = {}
+    for split in _eval_cam_splits(cfg):
+        summary = run_eval_cams(cfg, split)
+        log.info("CAM mIoU on %s per class, at the best background threshold %.2f:\n%s", split,
+                 summary["best_threshold"], format_table(summary))
+        results[split] = {k: summary[k] for k in ("images", "best_threshold", "best_miou")}
+    return results
 
 
 def _pseudo_complete(cfg: Config) -> bool:
@@ -123,6 +136,53 @@ def _pseudo(cfg: Config) -> dict[str, Any]:
                              f"pseudo_{cfg.data.cam_split}")
     log.info("pseudo-label mIoU on %s: %.1f", cfg.data.cam_split, 100 * scores["miou"])
     return {**result, "images": result["processed"], "miou": scores["miou"]}
+
+
+def _train_seg_complete(cfg: Config) -> bool:
+    return _done(cfg, "deeplab", "model.pth")
+
+
+def _train_seg(cfg: Config) -> dict[str, Any]:
+    from vwe.ray.train import fit
+
+    result = fit("train_seg", cfg)
+    result.pop("history")
+    return {**result, "images": cfg.seg.batch_size * (result["step"] - result["resumed_from"])}
+
+
+def _infer_seg_complete(cfg: Config) -> bool:
+    from vwe.stages.infer_seg import prediction_is_complete, prediction_path
+
+    split, crf = cfg.data.eval_split, cfg.seg.crf
+    return _all_done(cfg, split, lambda out, i: prediction_path(out, split, crf, i), prediction_is_complete)
+
+
+def _infer_seg(cfg: Config) -> dict[str, Any]:
+    from vwe.ray.segmentation import run_infer_seg
+
+    result = run_infer_seg(cfg, cfg.data.eval_split)
+    return {**result, "images": result["processed"]}
+
+
+def _eval_seg_name(cfg: Config) -> str:
+    return f"{cfg.data.eval_split}_crf" if cfg.seg.crf else cfg.data.eval_split
+
+
+def _eval_seg_complete(cfg: Config) -> bool:
+    return _done(cfg, "eval_seg", f"{_eval_seg_name(cfg)}.json")
+
+
+def _eval_seg(cfg: Config) -> dict[str, Any]:
+    from vwe.ray.segmentation import run_eval_seg
+
+    summary = run_eval_seg(cfg, cfg.data.eval_split)
+    return {k: summary[k] for k in ("split", "crf", "images", "miou")}
+
+
+def _seg_outputs(cfg: Config) -> list[str | Path]:
+    from vwe.ray.train import storage_path
+
+    return [storage.join(cfg.out_dir, "deeplab"), storage.join(storage_path(cfg), "train_seg")]
 
 
 def _report_complete(cfg: Config) -> bool:
@@ -151,6 +211,9 @@ STAGES = [
     Stage("make_cam", _cams_complete, _cams, _under("cams")),
     Stage("eval_cam", _eval_cam_complete, _eval_cam, _under("eval_cam")),
     Stage("make_pseudo", _pseudo_complete, _pseudo, _under("pseudo_labels", "eval_labels")),
+    Stage("train_seg", _train_seg_complete, _train_seg, _seg_outputs),
+    Stage("infer_seg", _infer_seg_complete, _infer_seg, _under("seg", "seg_crf")),
+    Stage("eval_seg", _eval_seg_complete, _eval_seg, _under("eval_seg")),
     Stage("report", _report_complete, _report, _under("report.html", "report")),
 ]
 
@@ -265,8 +328,47 @@ def _main(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"vwe run: unknown stage(s) in --force: {', '.join(sorted(unknown))}")
     records = run(cfg, force=tuple(args.force), until=args.until)
-    print(f"run folder: {cfg.resolved().out_dir}")
+    cfg = cfg.resolved()
+    print(results_text(cfg))
+    print("stages:")
     for name, record in records.items():
         state = "skipped (complete)" if record.get("skipped") else f"{record.get('seconds', 0):.1f} s"
         print(f"  {name:12s} {state}")
+    report = storage.join(cfg.out_dir, "report.html")
+    print(f"run folder: {cfg.out_dir}")
+    if storage.is_file(report):
+        print(f"report: {report}")
     return 0
+
+
+def results_text(cfg: Config) -> str:
+    """The run's scores (what exists of them) next to the trivial baselines, and the final per-class table."""
+    from vwe.data.voc import VOCDataset
+    from vwe.report import all_background_miou
+    from vwe.stages.evaluate import CLASS_NAMES
+
+    def load(*parts: str) -> dict[str, Any] | None:
+        path = storage.join(cfg.out_dir, *parts)
+        return json.loads(storage.read_text(path)) if storage.is_file(path) else None
+
+    def percent(value: float | None) -> str:
+        return "   -" if value is None else f"{100 * value:5.1f}"
+
+    voc = VOCDataset(cfg.data.root)
+    lines = ["results (mIoU %):"]
+    cam_split, eval_split = cfg.data.cam_split, cfg.data.eval_split
+    final = load("eval_seg", f"{_eval_seg_name(cfg)}.json")
+    for split in dict.fromkeys([cam_split, eval_split]):
+        cams, pseudo = load("eval_cam", f"{split}.json"), load("eval_labels", f"pseudo_{split}.json")
+        lines.append(f"  {split}: all background {percent(all_background_miou(voc, voc.split_ids(split)))}"
+                     f" | CAMs (best threshold) {percent(cams and cams['best_miou'])}"
+                     + (f" | pseudo labels {percent(pseudo['miou'])}" if pseudo else "")
+                     + (f" | final model {percent(final['miou'])}" if final and split == eval_split else ""))
+    if final:
+        cams = load("eval_cam", f"{eval_split}.json") or {"iou": {}}
+        lines.append(f"  per class on {eval_split}: {'class':<12} {'CAMs':>6} {'final':>6}")
+        for name in CLASS_NAMES:
+            if final["iou"].get(name) is not None:
+                lines.append(f"  {'':>{len(eval_split) + 13}}{name:<12} {percent(cams['iou'].get(name)):>6} "
+                             f"{percent(final['iou'][name]):>6}")
+    return "\n".join(lines)

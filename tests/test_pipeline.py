@@ -1,0 +1,56 @@
+"""`vwe run` end to end on the tiny config: every stage's outputs, the report, skipping, and partial re-runs."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from vwe.cli import main
+from vwe.data.voc import VOCDataset
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ["data", "train_cam", "make_cam", "eval_cam", "make_pseudo", "train_seg", "infer_seg", "eval_seg", "report"]
+
+
+@pytest.fixture(scope="module")
+def run_dir(ray_local, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline")
+    assert main(["run", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(out)]) == 0
+    return out
+
+
+def stage_runs(out: Path) -> dict[str, bool]:
+    return {name: not record["skipped"] for name, record in json.loads((out / "stages.json").read_text()).items()}
+
+
+def test_every_stage_wrote_its_outputs(run_dir):
+    voc = VOCDataset(run_dir / "data" / "VOC2012")
+    train_aug, train, val = (voc.split_ids(s) for s in ("train_aug", "train", "val"))
+    assert (run_dir / "classifier" / "model.pth").is_file() and (run_dir / "deeplab" / "model.pth").is_file()
+    assert {p.stem for p in (run_dir / "cams").glob("*.npz")} == set(train_aug) | set(val)
+    assert {p.stem for p in (run_dir / "pseudo_labels").glob("*.png")} == set(train_aug)
+    assert {p.stem for p in (run_dir / "seg" / "val").glob("*.png")} == set(val)
+    for report in ("eval_cam/train.json", "eval_cam/val.json", "eval_labels/pseudo_train.json", "eval_seg/val.json"):
+        assert 0 <= json.loads((run_dir / report).read_text())["miou" if "seg" in report or "labels" in report
+                                                               else "best_miou"] <= 1
+    assert (run_dir / "report.html").is_file() and any((run_dir / "report").glob("*.png"))
+    records = json.loads((run_dir / "stages.json").read_text())
+    assert list(records) == STAGES and all(records[s]["seconds"] >= 0 for s in STAGES)
+    assert records["train_cam"]["images_per_s"] > 0
+
+
+def test_second_run_skips_everything(run_dir, capsys):
+    assert main(["run", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(run_dir)]) == 0
+    assert not any(stage_runs(run_dir).values())
+    out = capsys.readouterr().out
+    assert "results (mIoU %)" in out and "final model" in out and f"report: {run_dir}" in out
+
+
+def test_deleting_one_stage_reruns_it_and_the_later_ones(run_dir):
+    model_stamp = (run_dir / "classifier" / "model.pth").stat().st_mtime_ns
+    shutil.rmtree(run_dir / "pseudo_labels")
+    assert main(["run", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(run_dir)]) == 0
+    ran = stage_runs(run_dir)
+    assert [s for s in STAGES if ran[s]] == STAGES[STAGES.index("make_pseudo"):]
+    assert (run_dir / "classifier" / "model.pth").stat().st_mtime_ns == model_stamp
+    assert len(list((run_dir / "pseudo_labels").glob("*.png"))) == 96
