@@ -53,11 +53,7 @@ def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.O
     if core.uses_memory_bank:
         # METHOD §1.7: the memory bank moves once per iteration, after the forward pass, before backward
         core.update_memory_bank(output.features.detach().float())
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    terms["loss"] = loss.detach()
-    return terms
+    return training.optimize(optimizer, loss, terms)
 
 
 def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None = None) -> dict[str, Any]:

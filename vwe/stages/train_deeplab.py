@@ -78,11 +78,7 @@ def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.O
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.seg.amp):
         outputs = model(images)
     loss, terms = msc_loss(outputs, labels)
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    terms["loss"] = loss.detach()
-    return terms
+    return training.optimize(optimizer, loss, terms)
 
 
 def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -102,6 +102,15 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> N
         group["lr"] = base_lr * group["lr_mult"] * factor
 
 
+def optimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
+             terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Backward and update for a step function; returns `terms` plus the detached total `loss` (no host sync)."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return {**terms, "loss": loss.detach()}
+
+
 StepFn = Callable[[nn.Module, dict[str, Any], torch.optim.Optimizer], dict[str, torch.Tensor]]
 
 
