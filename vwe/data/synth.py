@@ -49,7 +49,7 @@ from vwe.errors import ConfigError, DataError
 from vwe.io import atomic_path, write_json, write_text
 
 MARKER = "vwe_synth.json"  # written into the root: proves the folder is ours (so it may be regenerated)
-_FORMAT = 1
+_FORMAT = 2  # 2: the classes of a group got far-apart part hues and angles
 SPLIT_YEARS = {"train_aug": 2100, "val": 2101, "test": 2102}
 OBJECT_COUNT_P = (0.5, 0.33, 0.17)  # 1, 2 or 3 objects per image
 CONTEXT_OF = {"aeroplane": "sky", "bird": "sky", "boat": "water", "cow": "grass", "horse": "grass", "sheep": "grass"}
@@ -86,12 +86,21 @@ class Design:
 def design(num_classes: int) -> Design:
     """The class appearance for the first `num_classes` VOC classes (independent of the seed)."""
     num_groups = min(len(GROUP_PATTERNS), math.ceil(num_classes / 4))
-    hues = [colorsys.hsv_to_rgb(c / num_classes, 0.85, 0.95) for c in range(num_classes)]
+    group_of = tuple(c * num_groups // num_classes for c in range(num_classes))
+    # the classes of a group (same body) get hues and stripe angles spread evenly over the circle, each group
+    # shifted a little, so the part alone tells any two classes apart at a glance, as in VOC
+    hues, angles = [], []
+    for c, g in enumerate(group_of):
+        members = group_of.count(g)
+        rank = c - group_of.index(g)
+        hue = (rank / members + g / (num_groups * members)) % 1.0
+        hues.append(colorsys.hsv_to_rgb(hue, 0.85, 0.95))
+        angles.append(math.pi * (rank / members + g / (2 * num_groups * members)))
     return Design(
         num_classes=num_classes,
-        group_of=tuple(c * num_groups // num_classes for c in range(num_classes)),
+        group_of=group_of,
         part_colours=np.array(hues, dtype=np.float32) * 255,
-        part_angles=np.array([math.pi * c / num_classes for c in range(num_classes)], dtype=np.float32),
+        part_angles=np.array(angles, dtype=np.float32),
         context_of={c: CONTEXT_OF[name] for c, name in enumerate(CLASSES[:num_classes]) if name in CONTEXT_OF},
     )
 
