@@ -1,6 +1,7 @@
 """vwe.storage on a local folder and on S3 (moto's server on loopback, reached through pyarrow's S3 client):
-basic file operations, atomic writes, and the stage outputs (CAMs, pseudo labels, manifests, reports, the exported
-classifier, the pipeline's bookkeeping) written to and read back from an s3:// run folder."""
+basic file operations, atomic writes, the stage outputs (CAMs, pseudo labels, manifests, reports, the exported
+classifier, the pipeline's bookkeeping) written to and read back from an s3:// run folder, and a dataset root in the
+bucket."""
 import uuid
 from pathlib import Path
 
@@ -15,9 +16,10 @@ from moto.server import ThreadedMotoServer
 from vwe import storage
 from vwe.cam import CamResult, cam_is_complete, load_cam, save_cam
 from vwe.config import load_config
+from vwe.data.datasets import ClassificationDataset, SegmentationDataset
 from vwe.data.synth import generate
-from vwe.data.voc import VOCDataset, read_image, read_mask, write_mask
-from vwe.errors import ConfigError
+from vwe.data.voc import LABELS_CACHE, VOCDataset, read_image, read_mask, write_mask
+from vwe.errors import ConfigError, DataError
 from vwe.io import atomic_path, update_manifest, write_json
 from vwe.models import build_classifier
 from vwe.stages.make_cams import cam_path
@@ -44,6 +46,15 @@ def s3_bucket():
         yield f"s3://{BUCKET}"
         storage._filesystem.cache_clear()
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_voc(s3_bucket, synth_root) -> str:
+    """The synthetic VOC folder uploaded to the bucket, without a labels cache (reading it makes one there)."""
+    uri = f"{s3_bucket}/datasets/VOC2012"
+    pafs.copy_files(str(synth_root), uri)
+    storage.delete(f"{uri}/{LABELS_CACHE}")
+    return uri
 
 
 @pytest.fixture(params=["local", "s3"])
@@ -172,3 +183,46 @@ def test_pipeline_bookkeeping_in_an_object_store(s3_bucket, synth_root):
     assert storage.listdir(out) == ["config.yaml", "data_check.json", "stages.json"]
     assert yaml.safe_load(storage.read_text(f"{out}/config.yaml"))["out_dir"] == out
     assert run(cfg, until="data")["data"]["skipped"] is True
+
+
+def test_a_dataset_root_in_an_object_store_reads_like_the_local_one(s3_bucket, s3_voc, synth_root, tmp_path):
+    from vwe.pipeline import run
+
+    local, remote = VOCDataset(synth_root), VOCDataset(s3_voc)
+    assert remote.splits() == local.splits() == ["train", "val", "test", "train_aug"]
+    assert all(remote.split_ids(split) == local.split_ids(split) for split in local.splits())
+    image_id, test_id = local.split_ids("val")[0], local.split_ids("test")[0]
+    assert remote.image_path(image_id) == f"{s3_voc}/JPEGImages/{image_id}.jpg"
+    np.testing.assert_array_equal(read_image(remote.image_path(image_id)), read_image(local.image_path(image_id)))
+    assert remote.mask_path(image_id) == f"{s3_voc}/SegmentationClassAug/{image_id}.png"
+    np.testing.assert_array_equal(read_mask(remote.mask_path(image_id)), read_mask(local.mask_path(image_id)))
+    assert remote.mask_path(test_id) is None
+    np.testing.assert_array_equal(remote.labels(test_id), local.labels(test_id))  # from the annotation XML
+    labels, expected = remote.image_labels(), local.image_labels()
+    assert storage.is_file(f"{s3_voc}/{LABELS_CACHE}")  # the cache is written beside the data, as locally
+    assert labels.keys() == expected.keys() and all(np.array_equal(labels[i], expected[i]) for i in expected)
+    with pytest.raises(DataError, match=f"{s3_voc}/JPEGImages/2199_000001.jpg: image file missing"):
+        read_image(remote.image_path("2199_000001"))
+
+    # the training datasets read it as they read the local folder: same ids, same augmented items
+    remote_item = ClassificationDataset(s3_voc, "train", crop_size=32, resize_long=(48, 80), seed=0)[0]
+    local_item = ClassificationDataset(synth_root, "train", crop_size=32, resize_long=(48, 80), seed=0)[0]
+    assert remote_item["id"] == local_item["id"]
+    assert torch.equal(remote_item["image"], local_item["image"]) and torch.equal(remote_item["labels"],
+                                                                                  local_item["labels"])
+    # DeepLab's dataset with its labels folder in the bucket too (the masks stand in for pseudo labels)
+    remote_seg = SegmentationDataset(s3_voc, "train", f"{s3_voc}/SegmentationClassAug", crop_size=32, seed=0)
+    local_seg = SegmentationDataset(synth_root, "train", synth_root / "SegmentationClassAug", crop_size=32, seed=0)
+    assert all(torch.equal(remote_seg[0][key], local_seg[0][key]) for key in ("image", "label"))
+    with pytest.raises(DataError, match=f"{s3_voc}/JPEGImages: .* no label file"):
+        SegmentationDataset(s3_voc, "train", f"{s3_voc}/JPEGImages")
+
+    # the data stage of `vwe run` checks every file of the bucket's copy
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"out_dir={tmp_path / 'run'}", f"data.root={s3_voc}",
+                                                       "synth.enabled=false"])
+    assert cfg.resolved().data.root == s3_voc
+    assert run(cfg, until="data")["data"]["result"]["counts"] == local.check().counts
+    # the synthetic generator writes local folders only, and says so
+    with pytest.raises(ConfigError, match=f"{s3_bucket}/synth: .*local or NFS"):
+        generate(f"{s3_bucket}/synth", {"train_aug": 2, "train": 2}, 24, 32)
+    assert storage.listdir(f"{s3_bucket}/synth") == []
