@@ -15,6 +15,7 @@ import numpy as np
 import ray
 import ray.data
 
+from vwe import storage
 from vwe.config import Config
 from vwe.ray.cluster import init_ray
 from vwe.ray.data import _finish, _inference_actors, _plain
@@ -50,7 +51,7 @@ def run_infer_seg(cfg: Config, split: str | None = None, crf: bool | None = None
                                       fn_kwargs={"cfg": cfg.to_dict(), "split": split, "crf": crf}, num_cpus=1,
                                       **placement)
         rows = [_plain(row) for row in dataset.iter_rows()]
-    manifest = infer_seg.prediction_dir(cfg.out_dir, split, crf) / "manifest.parquet"
+    manifest = storage.join(infer_seg.prediction_dir(cfg.out_dir, split, crf), "manifest.parquet")
     summary = _finish(cfg, "infer-seg", rows, len(done), manifest)
     return {"split": split, "crf": crf, "predictions": str(infer_seg.prediction_dir(cfg.out_dir, split, crf)),
             **summary}
@@ -69,7 +70,7 @@ def run_eval_seg(cfg: Config, split: str | None = None, crf: bool | None = None,
     if pred_dir is None:
         pred_dir = infer_seg.prediction_dir(cfg.out_dir, split, crf)
     else:
-        name = f"{split}_{Path(pred_dir).name}"
+        name = f"{split}_{storage.name(pred_dir)}"
     num_classes = cfg.data.num_classes + 1
     items = eval_seg.eval_items(cfg.data.root, split, pred_dir)
     init_ray(cfg.ray)
@@ -83,5 +84,5 @@ def run_eval_seg(cfg: Config, split: str | None = None, crf: bool | None = None,
         images += int(batch["images"].sum())
     summary = {"split": split, "crf": crf, "predictions": str(pred_dir), "images": images,
                **eval_seg.summarize(total, eval_seg.class_names(cfg.data.num_classes))}
-    files = eval_seg.write_report(Path(cfg.out_dir) / eval_seg.EVAL_DIR, name, summary)
+    files = eval_seg.write_report(storage.join(cfg.out_dir, eval_seg.EVAL_DIR), name, summary)
     return {**summary, "files": {kind: str(path) for kind, path in files.items()}}

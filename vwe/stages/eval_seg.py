@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from vwe import storage
 from vwe.data.voc import CLASSES, VOCDataset, read_mask
 from vwe.errors import DataError
 from vwe.io import write_json, write_text
@@ -29,13 +30,14 @@ def class_names(num_classes: int) -> list[str]:
 def eval_items(root: str | Path, split: str, pred_dir: str | Path) -> list[dict[str, str]]:
     """{"id", "mask", "pred"} for every id of `split`; a missing mask or prediction is a DataError naming it."""
     voc = VOCDataset(root)
+    present = set(storage.listdir(pred_dir))  # one listing, not a request per id (slow in an object store)
     items, no_mask, no_pred = [], [], []
     for image_id in voc.split_ids(split):
         mask = voc.mask_path(image_id)
-        pred = Path(pred_dir) / f"{image_id}.png"
+        pred = storage.join(pred_dir, f"{image_id}.png")
         if mask is None:
             no_mask.append(image_id)
-        elif not pred.is_file():
+        elif f"{image_id}.png" not in present:
             no_pred.append(pred)
         else:
             items.append({"id": image_id, "mask": str(mask), "pred": str(pred)})
@@ -77,11 +79,10 @@ def summarize(matrix: np.ndarray, names: list[str]) -> dict[str, Any]:
             "confusion": np.asarray(matrix).tolist()}
 
 
-def write_report(directory: str | Path, name: str, summary: dict[str, Any]) -> dict[str, Path]:
+def write_report(directory: str | Path, name: str, summary: dict[str, Any]) -> dict[str, str | Path]:
     """`<name>.json` (the whole summary) and `<name>_classes.csv`: a header of class names and mIoU, then one row
     of IoU in percent (the layout of the authors' per-class table)."""
-    directory = Path(directory)
-    paths = {"json": directory / f"{name}.json", "classes": directory / f"{name}_classes.csv"}
+    paths = {"json": storage.join(directory, f"{name}.json"), "classes": storage.join(directory, f"{name}_classes.csv")}
     write_json(paths["json"], summary)
     names = list(summary["iou"])
     buffer = io.StringIO()
