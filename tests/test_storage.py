@@ -80,6 +80,7 @@ def test_files_list_and_delete(root):
     assert storage.read_bytes(storage.join(root, "sub", "a.bin")) == b"abc"
     assert storage.read_text(storage.join(root, "b.txt")) == "héllo"
     assert storage.listdir(root) == ["b.txt", "sub"] and storage.listdir(storage.join(root, "none")) == []
+    assert storage.walk_files(root) == ["b.txt", "sub/a.bin"] and storage.walk_files(storage.join(root, "none")) == []
     assert storage.is_dir(storage.join(root, "sub")) and not storage.is_file(storage.join(root, "sub"))
     assert storage.exists(storage.join(root, "b.txt")) and not storage.exists(storage.join(root, "c.txt"))
     with pytest.raises(FileNotFoundError):
