@@ -1,7 +1,8 @@
 """vwe.storage on a local folder and on S3 (moto's server on loopback, reached through pyarrow's S3 client):
 basic file operations, atomic writes, the stage outputs (CAMs, pseudo labels, manifests, reports, the exported
-classifier, the pipeline's bookkeeping) written to and read back from an s3:// run folder, and a dataset root in the
-bucket."""
+classifier) written to and read back from an s3:// run folder, a dataset root in the bucket, and the whole
+pipeline with its run folder in the bucket."""
+import json
 import uuid
 from pathlib import Path
 
@@ -46,6 +47,20 @@ def s3_bucket():
         yield f"s3://{BUCKET}"
         storage._filesystem.cache_clear()
     server.stop()
+
+
+@pytest.fixture(scope="module")
+def ray_s3(s3_bucket):
+    """A local Ray started after the bucket's AWS_* variables are set: its worker processes, which read and write
+    the run folder, take this process's environment when Ray starts. Stopped afterwards, so that later modules
+    start a Ray without them."""
+    import ray
+
+    ray.shutdown()
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+             object_store_memory=256 * 1024**2)
+    yield ray
+    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -170,22 +185,6 @@ def test_exported_classifier_round_trip(root):
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
-def test_pipeline_bookkeeping_in_an_object_store(s3_bucket, synth_root):
-    from vwe.pipeline import run
-
-    out = f"{s3_bucket}/pipeline-{uuid.uuid4().hex[:8]}"
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"out_dir={out}", f"data.root={synth_root}",
-                                                       "synth.enabled=false"])
-    with pytest.raises(ConfigError, match="report"):
-        run(cfg)  # the report stage reads the run folder as files: refused before anything runs
-    assert storage.listdir(out) == []
-    first = run(cfg, until="data")
-    assert first["data"]["skipped"] is False and first["data"]["result"]["counts"]["train_aug"] == 96
-    assert storage.listdir(out) == ["config.yaml", "data_check.json", "stages.json"]
-    assert yaml.safe_load(storage.read_text(f"{out}/config.yaml"))["out_dir"] == out
-    assert run(cfg, until="data")["data"]["skipped"] is True
-
-
 def test_a_dataset_root_in_an_object_store_reads_like_the_local_one(s3_bucket, s3_voc, synth_root, tmp_path):
     from vwe.pipeline import run
 
@@ -227,3 +226,33 @@ def test_a_dataset_root_in_an_object_store_reads_like_the_local_one(s3_bucket, s
     with pytest.raises(ConfigError, match=f"{s3_bucket}/synth: .*local or NFS"):
         generate(f"{s3_bucket}/synth", {"train_aug": 2, "train": 2}, 24, 32)
     assert storage.listdir(f"{s3_bucket}/synth") == []
+
+
+def test_the_whole_pipeline_runs_in_an_object_store(ray_s3, s3_bucket, synth_root):
+    from vwe.pipeline import STAGES, run
+
+    out = f"{s3_bucket}/pipeline-{uuid.uuid4().hex[:8]}"
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"out_dir={out}", f"data.root={synth_root}",
+                                                       "synth.enabled=false"])
+    first = run(cfg)
+    assert list(first) == [stage.name for stage in STAGES] and not any(r["skipped"] for r in first.values())
+
+    def ids(folder: str, suffix: str) -> set[str]:
+        return {n.removesuffix(suffix) for n in storage.listdir(f"{out}/{folder}") if n.endswith(suffix)}
+
+    voc = VOCDataset(synth_root)
+    train_aug, val = set(voc.split_ids("train_aug")), set(voc.split_ids("val"))
+    assert storage.is_file(f"{out}/classifier/model.pth") and storage.is_file(f"{out}/deeplab/model.pth")
+    assert ids("cams", ".npz") == train_aug | val and ids("pseudo_labels", ".png") == train_aug
+    assert ids("seg/val", ".png") == val and storage.is_file(f"{out}/seg/val/manifest.parquet")
+    for report in ("eval_cam/train.json", "eval_labels/pseudo_train.json", "eval_seg/val.json"):
+        scores = json.loads(storage.read_text(f"{out}/{report}"))
+        assert 0 <= scores.get("best_miou", scores.get("miou")) <= 1
+    assert json.loads(storage.read_text(f"{out}/eval_seg/val.json"))["predictions"] == f"{out}/seg/val"
+    assert {"train_cam", "train_seg"} <= set(storage.listdir(f"{out}/ray"))  # Ray Train's checkpoints
+    page = storage.read_text(f"{out}/report.html")
+    assert "DeepLab on val" in page and page.count("data:image/png;base64,") == len(ids("report", ".png")) >= 3
+    assert yaml.safe_load(storage.read_text(f"{out}/config.yaml"))["out_dir"] == out
+
+    second = run(cfg)
+    assert all(record["skipped"] for record in second.values())
