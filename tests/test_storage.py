@@ -1,6 +1,8 @@
 """vwe.storage on a local folder and on S3 (moto's server on loopback, reached through pyarrow's S3 client):
-basic file operations, atomic writes, and the stage outputs (CAMs, pseudo labels, manifests, reports, the exported
-classifier, the pipeline's bookkeeping) written to and read back from an s3:// run folder."""
+basic file operations, atomic writes, the stage outputs (CAMs, pseudo labels, manifests, reports, the exported
+classifier) written to and read back from an s3:// run folder, a dataset root in the bucket, and the whole
+pipeline with its run folder in the bucket."""
+import json
 import uuid
 from pathlib import Path
 
@@ -15,9 +17,10 @@ from moto.server import ThreadedMotoServer
 from vwe import storage
 from vwe.cam import CamResult, cam_is_complete, load_cam, save_cam
 from vwe.config import load_config
+from vwe.data.datasets import ClassificationDataset, SegmentationDataset
 from vwe.data.synth import generate
-from vwe.data.voc import VOCDataset, read_image, read_mask, write_mask
-from vwe.errors import ConfigError
+from vwe.data.voc import LABELS_CACHE, VOCDataset, read_image, read_mask, write_mask
+from vwe.errors import ConfigError, DataError
 from vwe.io import atomic_path, update_manifest, write_json
 from vwe.models import build_classifier
 from vwe.stages.make_cams import cam_path
@@ -46,6 +49,29 @@ def s3_bucket():
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def ray_s3(s3_bucket):
+    """A local Ray started after the bucket's AWS_* variables are set: its worker processes, which read and write
+    the run folder, take this process's environment when Ray starts. Stopped afterwards, so that later modules
+    start a Ray without them."""
+    import ray
+
+    ray.shutdown()
+    ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
+             object_store_memory=256 * 1024**2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def s3_voc(s3_bucket, synth_root) -> str:
+    """The synthetic VOC folder uploaded to the bucket, without a labels cache (reading it makes one there)."""
+    uri = f"{s3_bucket}/datasets/VOC2012"
+    pafs.copy_files(str(synth_root), uri)
+    storage.delete(f"{uri}/{LABELS_CACHE}")
+    return uri
+
+
 @pytest.fixture(params=["local", "s3"])
 def root(request, tmp_path):
     """A fresh run folder: a local path, or a prefix in the S3 bucket."""
@@ -69,6 +95,7 @@ def test_files_list_and_delete(root):
     assert storage.read_bytes(storage.join(root, "sub", "a.bin")) == b"abc"
     assert storage.read_text(storage.join(root, "b.txt")) == "héllo"
     assert storage.listdir(root) == ["b.txt", "sub"] and storage.listdir(storage.join(root, "none")) == []
+    assert storage.walk_files(root) == ["b.txt", "sub/a.bin"] and storage.walk_files(storage.join(root, "none")) == []
     assert storage.is_dir(storage.join(root, "sub")) and not storage.is_file(storage.join(root, "sub"))
     assert storage.exists(storage.join(root, "b.txt")) and not storage.exists(storage.join(root, "c.txt"))
     with pytest.raises(FileNotFoundError):
@@ -158,17 +185,74 @@ def test_exported_classifier_round_trip(root):
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
-def test_pipeline_bookkeeping_in_an_object_store(s3_bucket, synth_root):
+def test_a_dataset_root_in_an_object_store_reads_like_the_local_one(s3_bucket, s3_voc, synth_root, tmp_path):
     from vwe.pipeline import run
+
+    local, remote = VOCDataset(synth_root), VOCDataset(s3_voc)
+    assert remote.splits() == local.splits() == ["train", "val", "test", "train_aug"]
+    assert all(remote.split_ids(split) == local.split_ids(split) for split in local.splits())
+    image_id, test_id = local.split_ids("val")[0], local.split_ids("test")[0]
+    assert remote.image_path(image_id) == f"{s3_voc}/JPEGImages/{image_id}.jpg"
+    np.testing.assert_array_equal(read_image(remote.image_path(image_id)), read_image(local.image_path(image_id)))
+    assert remote.mask_path(image_id) == f"{s3_voc}/SegmentationClassAug/{image_id}.png"
+    np.testing.assert_array_equal(read_mask(remote.mask_path(image_id)), read_mask(local.mask_path(image_id)))
+    assert remote.mask_path(test_id) is None
+    np.testing.assert_array_equal(remote.labels(test_id), local.labels(test_id))  # from the annotation XML
+    labels, expected = remote.image_labels(), local.image_labels()
+    assert storage.is_file(f"{s3_voc}/{LABELS_CACHE}")  # the cache is written beside the data, as locally
+    assert labels.keys() == expected.keys() and all(np.array_equal(labels[i], expected[i]) for i in expected)
+    with pytest.raises(DataError, match=f"{s3_voc}/JPEGImages/2199_000001.jpg: image file missing"):
+        read_image(remote.image_path("2199_000001"))
+
+    # the training datasets read it as they read the local folder: same ids, same augmented items
+    remote_item = ClassificationDataset(s3_voc, "train", crop_size=32, resize_long=(48, 80), seed=0)[0]
+    local_item = ClassificationDataset(synth_root, "train", crop_size=32, resize_long=(48, 80), seed=0)[0]
+    assert remote_item["id"] == local_item["id"]
+    assert torch.equal(remote_item["image"], local_item["image"]) and torch.equal(remote_item["labels"],
+                                                                                  local_item["labels"])
+    # DeepLab's dataset with its labels folder in the bucket too (the masks stand in for pseudo labels)
+    remote_seg = SegmentationDataset(s3_voc, "train", f"{s3_voc}/SegmentationClassAug", crop_size=32, seed=0)
+    local_seg = SegmentationDataset(synth_root, "train", synth_root / "SegmentationClassAug", crop_size=32, seed=0)
+    assert all(torch.equal(remote_seg[0][key], local_seg[0][key]) for key in ("image", "label"))
+    with pytest.raises(DataError, match=f"{s3_voc}/JPEGImages: .* no label file"):
+        SegmentationDataset(s3_voc, "train", f"{s3_voc}/JPEGImages")
+
+    # the data stage of `vwe run` checks every file of the bucket's copy
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"out_dir={tmp_path / 'run'}", f"data.root={s3_voc}",
+                                                       "synth.enabled=false"])
+    assert cfg.resolved().data.root == s3_voc
+    assert run(cfg, until="data")["data"]["result"]["counts"] == local.check().counts
+    # the synthetic generator writes local folders only, and says so
+    with pytest.raises(ConfigError, match=f"{s3_bucket}/synth: .*local or NFS"):
+        generate(f"{s3_bucket}/synth", {"train_aug": 2, "train": 2}, 24, 32)
+    assert storage.listdir(f"{s3_bucket}/synth") == []
+
+
+def test_the_whole_pipeline_runs_in_an_object_store(ray_s3, s3_bucket, synth_root):
+    from vwe.pipeline import STAGES, run
 
     out = f"{s3_bucket}/pipeline-{uuid.uuid4().hex[:8]}"
     cfg = load_config(REPO / "configs" / "tiny.yaml", [f"out_dir={out}", f"data.root={synth_root}",
                                                        "synth.enabled=false"])
-    with pytest.raises(ConfigError, match="report"):
-        run(cfg)  # the report stage reads the run folder as files: refused before anything runs
-    assert storage.listdir(out) == []
-    first = run(cfg, until="data")
-    assert first["data"]["skipped"] is False and first["data"]["result"]["counts"]["train_aug"] == 96
-    assert storage.listdir(out) == ["config.yaml", "data_check.json", "stages.json"]
+    first = run(cfg)
+    assert list(first) == [stage.name for stage in STAGES] and not any(r["skipped"] for r in first.values())
+
+    def ids(folder: str, suffix: str) -> set[str]:
+        return {n.removesuffix(suffix) for n in storage.listdir(f"{out}/{folder}") if n.endswith(suffix)}
+
+    voc = VOCDataset(synth_root)
+    train_aug, val = set(voc.split_ids("train_aug")), set(voc.split_ids("val"))
+    assert storage.is_file(f"{out}/classifier/model.pth") and storage.is_file(f"{out}/deeplab/model.pth")
+    assert ids("cams", ".npz") == train_aug | val and ids("pseudo_labels", ".png") == train_aug
+    assert ids("seg/val", ".png") == val and storage.is_file(f"{out}/seg/val/manifest.parquet")
+    for report in ("eval_cam/train.json", "eval_labels/pseudo_train.json", "eval_seg/val.json"):
+        scores = json.loads(storage.read_text(f"{out}/{report}"))
+        assert 0 <= scores.get("best_miou", scores.get("miou")) <= 1
+    assert json.loads(storage.read_text(f"{out}/eval_seg/val.json"))["predictions"] == f"{out}/seg/val"
+    assert {"train_cam", "train_seg"} <= set(storage.listdir(f"{out}/ray"))  # Ray Train's checkpoints
+    page = storage.read_text(f"{out}/report.html")
+    assert "DeepLab on val" in page and page.count("data:image/png;base64,") == len(ids("report", ".png")) >= 3
     assert yaml.safe_load(storage.read_text(f"{out}/config.yaml"))["out_dir"] == out
-    assert run(cfg, until="data")["data"]["skipped"] is True
+
+    second = run(cfg)
+    assert all(record["skipped"] for record in second.values())

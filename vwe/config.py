@@ -196,10 +196,8 @@ class Config:
         """
         out_dir = self.out_dir if is_uri(self.out_dir) else str(Path(self.out_dir).resolve())
         root = self.data.root.replace("{out_dir}", out_dir)
-        if is_uri(root):
-            raise ConfigError(f"data.root must be a local or NFS path (copy the dataset to each node, or mount it), "
-                              f"got {root!r}; with an object-store out_dir, set data.root to a path")
-        overrides: dict[str, Any] = {"out_dir": out_dir, "data.root": str(Path(root).resolve())}
+        root = root if is_uri(root) else str(Path(root).resolve())
+        overrides: dict[str, Any] = {"out_dir": out_dir, "data.root": root}
         if self.ray.storage_path and "://" not in self.ray.storage_path:
             overrides["ray.storage_path"] = str(Path(self.ray.storage_path).resolve())
         for key, value in (("seg.labels_dir", self.seg.labels_dir), ("seg.pretrained", self.seg.pretrained)):

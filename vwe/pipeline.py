@@ -3,7 +3,8 @@
 Like IRNet's run_sample.py, but a stage decides from its outputs on disk whether it still has work, so an
 interrupted run is re-run cheaply with the same command (per-image stages also resume image by image). Once a
 stage has run, every later stage runs afresh: its old outputs came from the old inputs. Stage wall times and
-throughput go to `<out_dir>/stages.json`.
+throughput go to `<out_dir>/stages.json`. out_dir (and data.root) may be a local or NFS path or an object-store
+URI such as s3://bucket/run: every stage reads and writes through `vwe.storage`.
 """
 from __future__ import annotations
 
@@ -30,10 +31,6 @@ class Stage:
     is_complete: Callable[[Config], bool]
     run: Callable[[Config], dict[str, Any]]
     outputs: Callable[[Config], list[str | Path]]  # deleted before the stage runs afresh
-
-
-# Stages that handle an object-store out_dir (s3://...) through vwe.storage; the others need a file system path.
-OBJECT_STORE_STAGES = ("data", "train_cam", "make_cam", "eval_cam", "make_pseudo")
 
 
 def _done(cfg: Config, *parts: str) -> bool:
@@ -226,11 +223,6 @@ def run(cfg: Config, force: tuple[str, ...] = (), until: str | None = None) -> d
     if until is not None and until not in names:
         raise ConfigError(f"unknown stage {until!r} to run until (stages: {', '.join(names)})")
     planned = STAGES[:names.index(until) + 1 if until else len(STAGES)]
-    if storage.is_uri(cfg.out_dir):
-        local_only = [stage.name for stage in planned if stage.name not in OBJECT_STORE_STAGES]
-        if local_only:
-            raise ConfigError(f"out_dir {cfg.out_dir}: stage(s) {', '.join(local_only)} need a file system out_dir "
-                              f"(local or NFS); use one, or stop before them with --until {OBJECT_STORE_STAGES[-1]}")
     storage.makedirs(cfg.out_dir)
     cfg.dump(storage.join(cfg.out_dir, "config.yaml"))
     records_path = storage.join(cfg.out_dir, "stages.json")

@@ -1,5 +1,6 @@
 """The browsable run report: `<out_dir>/report.html`, one self-contained page (every picture a base64 data URI, no
-scripts, no external resources) that opens from disk; its PNGs are also kept in `<out_dir>/report/`.
+scripts, no external resources) that opens from disk; its PNGs are also kept in `<out_dir>/report/`. The run folder
+may be a local or NFS path or an object-store URI (`vwe.storage`).
 
 Sections: headline scores beside the all-background baseline, the config, stage timings, the CAM
 background-threshold curve, per-class IoU, examples (image | CAM | pseudo label | prediction | ground truth) and the
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import datetime
 import html
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,20 +20,22 @@ from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
+import yaml
 from matplotlib import colormaps
 from matplotlib.figure import Figure
 from PIL import Image
 from torch import nn
 
+from vwe import storage
 from vwe.cam import load_cam, normalize_image
-from vwe.config import Config, load_config
+from vwe.config import Config
 from vwe.data.voc import IGNORE, VOCDataset, palette, read_image, read_mask
 from vwe.errors import DataError
 from vwe.io import atomic_path, write_text
 from vwe.metrics import ConfusionMatrix
 from vwe.models.classifier import get_variant
 from vwe.stages.evaluate import CLASS_NAMES
-from vwe.stages.make_cams import cam_path
+from vwe.stages.make_cams import CAM_DIR, cam_path
 from vwe.stages.make_pseudo_labels import LABEL_DIR
 from vwe.stages.train_classifier import load_trained_classifier
 
@@ -53,7 +57,7 @@ class SegmentationResult:
     name: str
     split: str
     scores: dict[str, Any] | None = None
-    predictions: Path | None = None
+    predictions: str | Path | None = None
 
     @property
     def label(self) -> str:
@@ -65,7 +69,7 @@ class SegmentationResult:
 class Run:
     """The parts of a run folder the report shows; None (or empty) for those not produced yet."""
 
-    out_dir: Path
+    out_dir: str | Path
     cfg: Config
     config_text: str
     stages: dict[str, Any]
@@ -91,38 +95,52 @@ def find_segmentation(out_dir: str | Path, default_split: str) -> list[Segmentat
     """Segmentation results of a run: `eval_seg*/**/*.json` holding miou and iou (linked to their predictions by
     a "predictions" key), then the other prediction folders, `predictions*/` or `seg_predictions*/`, with PNGs
     directly inside (split `default_split`) or in one sub-folder per split."""
-    out_dir = Path(out_dir)
+    names = storage.listdir(out_dir)
     results: list[SegmentationResult] = []
-    for path in sorted(out_dir.glob("eval_seg*/**/*.json")):
-        scores = _read_json(path)
-        if not isinstance(scores, dict) or "miou" not in scores or "iou" not in scores:
-            continue
-        predictions = Path(scores["predictions"]) if scores.get("predictions") else None
-        results.append(SegmentationResult(path.stem, str(scores.get("split") or default_split), scores,
-                                          predictions if predictions and predictions.is_dir() else None))
-    linked = {r.predictions.resolve() for r in results if r.predictions}
-    for folder in sorted([*out_dir.glob("predictions*/"), *out_dir.glob("seg_predictions*/")]):
-        for candidate in [folder, *sorted(p for p in folder.iterdir() if p.is_dir())]:
-            if candidate.resolve() in linked or not any(candidate.glob("*.png")):
+    for folder in [storage.join(out_dir, n) for n in names if n.startswith("eval_seg")]:
+        for path in [storage.join(folder, p) for p in storage.walk_files(folder) if p.endswith(".json")]:
+            scores = _read_json(path)
+            if not isinstance(scores, dict) or "miou" not in scores or "iou" not in scores:
+                continue
+            predictions = storage.join(scores["predictions"]) if scores.get("predictions") else None
+            results.append(SegmentationResult(storage.name(path).removesuffix(".json"),
+                                              str(scores.get("split") or default_split), scores,
+                                              predictions if predictions and storage.is_dir(predictions) else None))
+    linked = {_canonical(r.predictions) for r in results if r.predictions}
+    for name in [n for n in names if n.startswith(("predictions", "seg_predictions"))]:
+        folder = storage.join(out_dir, name)
+        inside = storage.listdir(folder)
+        # only names that are not PNGs can be sub-folders: no request per prediction to find them
+        subfolders = [n for n in inside if not n.endswith(".png") and storage.is_dir(storage.join(folder, n))]
+        for candidate, pngs in [(folder, inside), *((storage.join(folder, n), None) for n in subfolders)]:
+            pngs = storage.listdir(candidate) if pngs is None else pngs
+            if _canonical(candidate) in linked or not any(n.endswith(".png") for n in pngs):
                 continue
             nested = candidate != folder
-            results.append(SegmentationResult(f"{folder.name}/{candidate.name}" if nested else folder.name,
-                                              candidate.name if nested else default_split, None, candidate))
+            results.append(SegmentationResult(f"{name}/{storage.name(candidate)}" if nested else name,
+                                              storage.name(candidate) if nested else default_split, None, candidate))
     return results
 
 
+def _canonical(path: str | Path) -> str | Path:
+    """A local path with its links resolved, to compare folders; a URI as it is."""
+    return path if storage.is_uri(path) else Path(path).resolve()
+
+
 def load_run(out_dir: str | Path) -> Run:
-    """Reads what a run folder holds; a folder without `config.yaml` is a DataError."""
-    out_dir = Path(out_dir).resolve()
-    config_path = out_dir / "config.yaml"
-    if not config_path.is_file():
+    """Reads what a run folder (a folder or URI) holds; one without `config.yaml` is a DataError."""
+    out_dir = _canonical(storage.join(out_dir))
+    config_path = storage.join(out_dir, "config.yaml")
+    if not storage.is_file(config_path):
         raise DataError(f"{config_path}: missing; not a vwe run folder (`vwe run` writes it)")
+    config_text = storage.read_text(config_path)
     # the run folder may have moved since the run: "{out_dir}" in data.root means this folder
-    cfg = load_config(config_path).with_overrides({"out_dir": str(out_dir)}).resolved()
+    cfg = Config.from_dict(yaml.safe_load(config_text), source=str(config_path))
+    cfg = cfg.with_overrides({"out_dir": str(out_dir)}).resolved()
     split = cfg.data.cam_split
-    return Run(out_dir, cfg, config_path.read_text(), _read_json(out_dir / "stages.json") or {},
-               _read_json(out_dir / "eval_cam" / f"{split}.json"),
-               _read_json(out_dir / "eval_labels" / f"pseudo_{split}.json"),
+    return Run(out_dir, cfg, config_text, _read_json(storage.join(out_dir, "stages.json")) or {},
+               _read_json(storage.join(out_dir, "eval_cam", f"{split}.json")),
+               _read_json(storage.join(out_dir, "eval_labels", f"pseudo_{split}.json")),
                find_segmentation(out_dir, cfg.data.eval_split))
 
 
@@ -159,16 +177,16 @@ def cam_overlay(image: np.ndarray, high_res: np.ndarray) -> np.ndarray:
 
 
 def example_columns(run: Run, voc: VOCDataset,
-                    predictions: Path | None) -> list[tuple[str, PictureReader, bool]]:
+                    predictions: str | Path | None) -> list[tuple[str, PictureReader, bool]]:
     """(title, reader, is_label) per column of the example grid; a reader returns an RGB picture or None."""
     def cam(image_id: str, image: np.ndarray) -> np.ndarray | None:
         path = cam_path(run.out_dir, image_id)
-        return cam_overlay(image, load_cam(path).high_res) if path.is_file() else None
+        return cam_overlay(image, load_cam(path).high_res) if storage.is_file(path) else None
 
-    def label_in(folder: Path | None) -> PictureReader:
+    def label_in(folder: str | Path | None) -> PictureReader:
         def read(image_id: str, image: np.ndarray) -> np.ndarray | None:
-            path = folder / f"{image_id}.png" if folder is not None else None
-            return colorize(read_mask(path)) if path is not None and path.is_file() else None
+            path = storage.join(folder, f"{image_id}.png") if folder is not None else None
+            return colorize(read_mask(path)) if path is not None and storage.is_file(path) else None
         return read
 
     def ground_truth(image_id: str, image: np.ndarray) -> np.ndarray | None:
@@ -176,7 +194,7 @@ def example_columns(run: Run, voc: VOCDataset,
         return colorize(read_mask(path)) if path is not None else None
 
     return [("image", lambda image_id, image: image, False), ("CAM", cam, False),
-            ("pseudo label", label_in(run.out_dir / LABEL_DIR), True),
+            ("pseudo label", label_in(storage.join(run.out_dir, LABEL_DIR)), True),
             ("prediction", label_in(predictions), True), ("ground truth", ground_truth, True)]
 
 
@@ -257,7 +275,7 @@ def _word_similarities(model: nn.Module, images: Sequence[np.ndarray], device: s
     return results
 
 
-def save_mosaic(path: Path, cells: list[list[np.ndarray | None]], row_titles: list[str],
+def save_mosaic(path: str | Path, cells: list[list[np.ndarray | None]], row_titles: list[str],
                 col_titles: list[str] | None, cell: tuple[int, int], nearest: list[bool], left: int = 150) -> None:
     """One PNG: a grid of pictures, each scaled to fit the box `cell` (H, W) and drawn at 1:1 pixels, titled with
     matplotlib; a None cell is grey and marked "missing". `nearest` per column: label maps scale without blending."""
@@ -294,7 +312,7 @@ def save_mosaic(path: Path, cells: list[list[np.ndarray | None]], row_titles: li
     _save_figure(fig, path)
 
 
-def plot_cam_curve(summary: dict[str, Any], path: Path, configured: float, baseline: float | None) -> None:
+def plot_cam_curve(summary: dict[str, Any], path: str | Path, configured: float, baseline: float | None) -> None:
     """CAM mIoU against the background threshold, with the best point, the configured threshold and the
     all-background baseline."""
     thresholds = np.asarray(summary["thresholds"], dtype=float)
@@ -317,11 +335,12 @@ def plot_cam_curve(summary: dict[str, Any], path: Path, configured: float, basel
 
 
 def build_report(out_dir: str | Path, num_examples: int = 6, num_words: int = 16, patches_per_word: int = 8, *,
-                 word_images: int = 48, patch_size: int | None = None, device: str | torch.device = "cpu") -> Path:
+                 word_images: int = 48, patch_size: int | None = None,
+                 device: str | torch.device = "cpu") -> str | Path:
     """Writes `<out_dir>/report.html` and its PNGs in `<out_dir>/report/`; returns the HTML path.
 
     Args:
-        out_dir: a run folder of `vwe run`.
+        out_dir: a run folder of `vwe run` (a folder or URI).
         num_examples: images in the example grid (sampled from data.cam_split with a fixed seed).
         num_words: visual words in the codebook figure, the most used first.
         patches_per_word: patches per word, from distinct images.
@@ -332,9 +351,9 @@ def build_report(out_dir: str | Path, num_examples: int = 6, num_words: int = 16
     if min(num_examples, num_words, patches_per_word, word_images) < 1:
         raise ValueError("build_report: num_examples, num_words, patches_per_word and word_images must be >= 1")
     run = load_run(out_dir)
-    pictures = run.out_dir / REPORT_DIR
-    pictures.mkdir(exist_ok=True)
-    written: list[Path] = []
+    pictures = storage.join(run.out_dir, REPORT_DIR)
+    storage.makedirs(pictures)
+    written: list[str | Path] = []
     try:
         voc: VOCDataset | None = VOCDataset(run.cfg.data.root)
         data_note = ""
@@ -354,9 +373,10 @@ def build_report(out_dir: str | Path, num_examples: int = 6, num_words: int = 16
         body.append(_examples_html(run, voc, pictures, num_examples, written))
         body.append(_words_html(run, voc, pictures, num_words, patches_per_word, word_images, patch_size, device,
                                 written))
-    for stale in set(pictures.glob("*.png")) - set(written):
-        stale.unlink()
-    path = run.out_dir / "report.html"
+    kept = {storage.name(p) for p in written}
+    for stale in [n for n in storage.listdir(pictures) if n.endswith(".png") and n not in kept]:
+        storage.delete(storage.join(pictures, stale))
+    path = storage.join(run.out_dir, "report.html")
     write_text(path, _page(run, "\n".join(body)))
     return path
 
@@ -420,11 +440,11 @@ def _stages_html(run: Run) -> str:
             + _note("A skipped stage shows the time of the run that made its outputs, where it was recorded."))
 
 
-def _curve_html(run: Run, pictures: Path, baseline: float | None, written: list[Path]) -> str:
+def _curve_html(run: Run, pictures: str | Path, baseline: float | None, written: list[str | Path]) -> str:
     head = "<h2>CAM background threshold</h2>"
     if not run.cam_eval:
         return head + _note(f"No CAM evaluation yet (eval_cam/{run.cfg.data.cam_split}.json).")
-    path = pictures / "cam_threshold_curve.png"
+    path = storage.join(pictures, "cam_threshold_curve.png")
     plot_cam_curve({"split": run.cfg.data.cam_split, **run.cam_eval}, path, run.cfg.cam.bg_threshold, baseline)
     written.append(path)
     return head + _figure(path, "CAM mIoU by background threshold",
@@ -455,18 +475,23 @@ def _iou_html(run: Run) -> str:
                     "– = class absent from the ground truth."))
 
 
-def _examples_html(run: Run, voc: VOCDataset, pictures: Path, num_examples: int, written: list[Path]) -> str:
+def _examples_html(run: Run, voc: VOCDataset, pictures: str | Path, num_examples: int,
+                   written: list[str | Path]) -> str:
     cfg = run.cfg
     seg = next((s for s in run.segmentation if s.predictions), None)
     predictions = seg.predictions if seg else None
     columns = example_columns(run, voc, predictions)
     ids = _try(lambda: voc.split_ids(cfg.data.cam_split), [])
-    if (run.out_dir / "cams").is_dir():
-        ids = [i for i in ids if cam_path(run.out_dir, i).is_file()]
+    # one listing per folder, not a request per id (slow in an object store)
+    cam_dir = storage.join(run.out_dir, CAM_DIR)
+    if storage.is_dir(cam_dir):
+        with_cams = set(storage.listdir(cam_dir))
+        ids = [i for i in ids if f"{i}.npz" in with_cams]
     grids = [(f"examples_{cfg.data.cam_split}", cfg.data.cam_split, sample_ids(ids, num_examples))]
-    if predictions is not None and not any((predictions / f"{i}.png").is_file() for i in grids[0][2]):
+    predicted = set(storage.listdir(predictions)) if predictions is not None else set()
+    if predictions is not None and not any(f"{i}.png" in predicted for i in grids[0][2]):
         # DeepLab predicted another split (val): a second grid for its predictions
-        seg_ids = [i for i in _try(lambda: voc.split_ids(seg.split), []) if (predictions / f"{i}.png").is_file()]
+        seg_ids = [i for i in _try(lambda: voc.split_ids(seg.split), []) if f"{i}.png" in predicted]
         grids.append((f"predictions_{seg.split}", seg.split, sample_ids(seg_ids, num_examples)))
     parts = ["<h2>Examples</h2>"]
     for name, split, chosen in grids:
@@ -474,7 +499,7 @@ def _examples_html(run: Run, voc: VOCDataset, pictures: Path, num_examples: int,
             parts.append(_note(f"No images of {split} to show."))
             continue
         titles, cells = example_cells(voc, chosen, columns)
-        path = pictures / f"{name}.png"
+        path = storage.join(pictures, f"{name}.png")
         save_mosaic(path, cells, [_row_title(voc, i) for i in chosen], [t for t, _ in titles], _CELL,
                     [is_label for _, is_label in titles])
         written.append(path)
@@ -491,12 +516,13 @@ def _examples_html(run: Run, voc: VOCDataset, pictures: Path, num_examples: int,
     return "".join(parts)
 
 
-def _words_html(run: Run, voc: VOCDataset, pictures: Path, num_words: int, patches_per_word: int,
-                word_images: int, patch_size: int | None, device: str | torch.device, written: list[Path]) -> str:
+def _words_html(run: Run, voc: VOCDataset, pictures: str | Path, num_words: int, patches_per_word: int,
+                word_images: int, patch_size: int | None, device: str | torch.device,
+                written: list[str | Path]) -> str:
     head = "<h2>Visual words</h2>"
-    if not (run.out_dir / "classifier" / "model.pth").is_file():
+    if not storage.is_file(storage.join(run.out_dir, "classifier", "model.pth")):
         return head + _note("No trained classifier yet (classifier/model.pth).")
-    model, model_cfg = load_trained_classifier(run.out_dir / "classifier", device)
+    model, model_cfg = load_trained_classifier(storage.join(run.out_dir, "classifier"), device)
     if model.words is None:
         return head + _note(f"The {model_cfg.model.variant} variant has no visual words, so there is no codebook "
                             "to show.", "no-words")
@@ -507,7 +533,7 @@ def _words_html(run: Run, voc: VOCDataset, pictures: Path, num_words: int, patch
     images = [read_image(voc.image_path(i)) for i in ids]
     masks = [read_mask(p) if (p := voc.mask_path(i)) is not None else None for i in ids]
     words = visual_word_patches(model, images, masks, num_words, patches_per_word, patch_size, device)
-    path = pictures / "visual_words.png"
+    path = storage.join(pictures, "visual_words.png")
     titles = [f"word {w.word}: {_share(w.usage)}"
               + (f"\nbackground {_share(w.background_share)}" if w.background_share is not None else "")
               + (f"\n{w.top_class} {_share(w.top_share)}" if w.top_class else "") for w in words]
@@ -529,7 +555,7 @@ def _words_html(run: Run, voc: VOCDataset, pictures: Path, num_words: int, patch
 
 
 def _page(run: Run, body: str) -> str:
-    title = f"vwe run report: {run.out_dir.name}"
+    title = f"vwe run report: {storage.name(run.out_dir)}"
     when = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
@@ -560,16 +586,17 @@ img {{ display: block; max-width: 100%; height: auto; }}
 """
 
 
-def _figure(path: Path, alt: str, caption: str) -> str:
-    data = path.read_bytes()
-    with Image.open(path) as image:
+def _figure(path: str | Path, alt: str, caption: str) -> str:
+    data = storage.read_bytes(path)
+    with Image.open(io.BytesIO(data)) as image:
         width, height = image.size
     return (f'<figure><img src="data:image/png;base64,{base64.b64encode(data).decode("ascii")}" width="{width}" '
             f'height="{height}" alt="{html.escape(alt)}"><figcaption>{html.escape(caption)}</figcaption></figure>')
 
 
-def _relative(path: Path, folder: Path) -> Path:
-    return path.relative_to(folder) if path.is_relative_to(folder) else path
+def _relative(path: str | Path, folder: str | Path) -> str:
+    prefix = f"{str(folder).rstrip('/')}/"
+    return str(path).removeprefix(prefix)
 
 
 def _note(text: str, element_id: str = "") -> str:
@@ -632,16 +659,16 @@ def _crop(image: np.ndarray, row: int, col: int, stride: int, size: int) -> np.n
     return image[y0:y0 + h, x0:x0 + w]
 
 
-def _save_figure(fig: Figure, path: Path) -> None:
+def _save_figure(fig: Figure, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=fig.dpi, facecolor="white")
 
 
-def _read_json(path: Path) -> Any:
-    if not path.is_file():
+def _read_json(path: str | Path) -> Any:
+    if not storage.is_file(path):
         return None
     try:
-        return json.loads(path.read_text())
+        return json.loads(storage.read_text(path))
     except (OSError, ValueError) as err:
         raise DataError(f"{path}: not readable as JSON ({err})") from err
 

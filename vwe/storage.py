@@ -112,6 +112,19 @@ def listdir(path: PathLike) -> list[str]:
     return sorted(info.base_name for info in infos)
 
 
+def walk_files(path: PathLike) -> list[str]:
+    """Sorted "/"-separated paths, relative to `path`, of the files under it at any depth; [] when it does not
+    exist."""
+    if not is_uri(path):
+        folder = local_path(path)
+        return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
+    import pyarrow.fs as pafs
+
+    fs, inner = _resolve(path)
+    infos = fs.get_file_info(pafs.FileSelector(inner, allow_not_found=True, recursive=True))
+    return sorted(info.path[len(inner) + 1:] for info in infos if info.type.name == "File")
+
+
 def makedirs(path: PathLike) -> None:
     if not is_uri(path):
         local_path(path).mkdir(parents=True, exist_ok=True)

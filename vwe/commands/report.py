@@ -26,5 +26,5 @@ def _main(args: argparse.Namespace) -> int:
 
     path = build_report(args.run_dir, num_examples=args.examples, num_words=args.words,
                         patches_per_word=args.patches)
-    print(f"report: {path.resolve()}")
+    print(f"report: {path}")  # already absolute for a local run folder
     return 0

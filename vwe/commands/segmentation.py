@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
 from vwe.cli import add_config_args, config_from_args
 from vwe.commands import add_ray_args, ray_overrides
@@ -75,13 +74,14 @@ def _eval_seg(args: argparse.Namespace) -> int:
 
 
 def _export_voc(args: argparse.Namespace) -> int:
+    from vwe import storage
     from vwe.stages.export_voc import export_voc
     from vwe.stages.infer_seg import prediction_dir
 
     cfg = config_from_args(args).resolved()
     split = args.split or cfg.seg.test_split
     crf = cfg.seg.crf if args.crf is None else args.crf
-    archive = Path(args.out or Path(cfg.out_dir) / "voc_server" / f"{split}{'_crf' if crf else ''}.tar.gz")
+    archive = args.out or storage.join(cfg.out_dir, "voc_server", f"{split}{'_crf' if crf else ''}.tar.gz")
     result = export_voc(cfg.data.root, split, prediction_dir(cfg.out_dir, split, crf), archive,
                         cfg.data.num_classes)
     print(json.dumps(result, indent=2))

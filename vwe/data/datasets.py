@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from vwe import storage
 from vwe.data.transforms import Normalize, TrainTransform
 from vwe.data.voc import IGNORE, NUM_CLASSES, VOCDataset, read_image, read_mask
 from vwe.errors import DataError
@@ -112,12 +113,14 @@ class SegmentationDataset(Dataset):
                  scales: Iterable[float] = (0.5, 0.75, 1.0, 1.25, 1.5), flip: bool = True, caffe: bool = False,
                  seed: int | None = None):
         self.voc = VOCDataset(root)
-        self.labels_dir = Path(labels_dir)
+        self.labels_dir = storage.join(labels_dir)
         self.ids = self.voc.split_ids(split)
-        missing = [i for i in self.ids if not self.label_path(i).is_file()]
+        # one listing, not a request per id (slow for 10k ids in an object store)
+        present = set(storage.listdir(self.labels_dir))
+        missing = [i for i in self.ids if f"{i}.png" not in present]
         if missing:
             raise DataError(f"{self.labels_dir}: {len(missing)} of the {len(self.ids)} ids of split {split!r} have no "
-                            f"label file, e.g. {self.label_path(missing[0]).name} (make the pseudo labels first)")
+                            f"label file, e.g. {missing[0]}.png (make the pseudo labels first)")
         self.crop_size = crop_size
         self.scales = tuple(scales)
         if not self.scales or min(self.scales) <= 0:
@@ -127,8 +130,8 @@ class SegmentationDataset(Dataset):
         self.seed = seed
         self.epoch = 0
 
-    def label_path(self, image_id: str) -> Path:
-        return self.labels_dir / f"{image_id}.png"
+    def label_path(self, image_id: str) -> str | Path:
+        return storage.join(self.labels_dir, f"{image_id}.png")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vwe import storage
 from vwe.data.voc import BAD_FILES_REPORT, CLASSES, IGNORE, LABELS_CACHE, VOCDataset, encode_mask
 from vwe.errors import ConfigError, DataError
 from vwe.io import atomic_path, write_json, write_text
@@ -406,6 +407,10 @@ def generate(root: str | Path, splits: dict[str, int], height: int, width: int, 
         raise ConfigError(f"synth.num_classes: expected 1..{len(CLASSES)}, got {num_classes}")
     if height < 16 or width < 16:
         raise ConfigError(f"synth.height/width: images must be at least 16 x 16, got {height} x {width}")
+    if storage.is_uri(root):
+        raise ConfigError(f"{root}: the synthetic benchmark is written to a local or NFS folder, not an object "
+                          "store; generate it locally and upload it (e.g. `aws s3 sync`), then set data.root to the "
+                          "URI with synth.enabled=false")
     sizes = _split_sizes(splits)
     root = Path(root)
     params = {"splits": sizes, "height": height, "width": width, "num_classes": num_classes, "seed": seed}

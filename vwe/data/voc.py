@@ -139,11 +139,10 @@ def image_labels_from_mask(path: str | Path) -> np.ndarray:
 
 def labels_from_annotation(xml_path: str | Path) -> np.ndarray:
     """Multi-hot float32[20] image labels from the `<object><name>` entries of a VOC annotation XML."""
-    xml_path = Path(xml_path)
-    if not xml_path.is_file():
+    if not storage.is_file(xml_path):
         raise DataError(f"{xml_path}: annotation file missing")
     try:
-        root = ET.parse(xml_path).getroot()
+        root = ET.fromstring(storage.read_bytes(xml_path))
     except ET.ParseError as err:
         raise DataError(f"{xml_path}: cannot parse annotation XML ({err})") from err
     indices = []
@@ -157,9 +156,8 @@ def labels_from_annotation(xml_path: str | Path) -> np.ndarray:
 
 def read_split(path: str | Path) -> list[str]:
     """Image ids of a split list: one id per line; `/JPEGImages/<id>.jpg ...` lines (SegmentationAug style) work too."""
-    path = Path(path)
     try:
-        text = path.read_text()
+        text = storage.read_text(path)
     except FileNotFoundError:
         raise DataError(f"{path}: split list missing") from None
     except (OSError, UnicodeDecodeError) as err:
@@ -172,11 +170,10 @@ def read_split(path: str | Path) -> list[str]:
 
 def read_sbd_splits(sbd_root: str | Path) -> tuple[list[str], list[str]]:
     """(train, val) ids of SBD, from its `dataset/` folder (or the folder above it)."""
-    sbd_root = Path(sbd_root)
-    if not sbd_root.is_dir():
+    if not storage.is_dir(sbd_root):
         raise DataError(f"{sbd_root}: SBD folder not found")
-    folder = sbd_root / "dataset" if not (sbd_root / "train.txt").exists() else sbd_root
-    return read_split(folder / "train.txt"), read_split(folder / "val.txt")
+    folder = sbd_root if storage.exists(storage.join(sbd_root, "train.txt")) else storage.join(sbd_root, "dataset")
+    return read_split(storage.join(folder, "train.txt")), read_split(storage.join(folder, "val.txt"))
 
 
 def count_notes(counts: dict[str, int]) -> list[str]:
@@ -207,7 +204,7 @@ class CheckReport:
     counts: dict[str, int]
     bad: list[BadFile] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-    report_path: Path | None = None
+    report_path: str | Path | None = None
 
     @property
     def bad_ids(self) -> set[str]:
@@ -215,46 +212,59 @@ class CheckReport:
 
 
 class VOCDataset:
-    """One VOC2012 folder: split lists, file paths per id, cached image-level labels, validation, split building."""
+    """One VOC2012 folder: split lists, file paths per id, cached image-level labels, validation, split building.
+
+    `root` is a local or NFS path (paths stay `Path`s) or an object-store URI (s3://..., paths are strings).
+    """
 
     def __init__(self, root: str | Path):
-        self.root = Path(root)
-        if not self.root.is_dir():
+        self.root = storage.join(root)
+        if not storage.is_dir(self.root):
             raise DataError(f"{self.root}: dataset folder not found")
-        self.split_dir = self.root / "ImageSets" / "Segmentation"
+        self.split_dir = storage.join(self.root, "ImageSets", "Segmentation")
+        self._listings: dict[str, set[str]] = {}
 
-    def split_path(self, split: str) -> Path:
-        return self.split_dir / f"{split}.txt"
+    def split_path(self, split: str) -> str | Path:
+        return storage.join(self.split_dir, f"{split}.txt")
 
     def splits(self) -> list[str]:
         """Names of the split lists present, standard ones first."""
-        names = [p.stem for p in sorted(self.split_dir.glob("*.txt"))] if self.split_dir.is_dir() else []
+        names = [name.removesuffix(".txt") for name in storage.listdir(self.split_dir) if name.endswith(".txt")]
         return [s for s in SPLITS if s in names] + [s for s in names if s not in SPLITS]
 
     def split_ids(self, split: str) -> list[str]:
         return read_split(self.split_path(split))
 
-    def image_path(self, image_id: str) -> Path:
-        return self.root / "JPEGImages" / f"{image_id}.jpg"
+    def image_path(self, image_id: str) -> str | Path:
+        return storage.join(self.root, "JPEGImages", f"{image_id}.jpg")
 
-    def mask_path(self, image_id: str) -> Path | None:
+    def mask_path(self, image_id: str) -> str | Path | None:
         """SegmentationClassAug/<id>.png, else SegmentationClass/<id>.png, else None."""
         for folder in ("SegmentationClassAug", "SegmentationClass"):
-            path = self.root / folder / f"{image_id}.png"
-            if path.is_file():
-                return path
+            if self._has_file(folder, f"{image_id}.png"):
+                return storage.join(self.root, folder, f"{image_id}.png")
         return None
 
-    def annotation_path(self, image_id: str) -> Path:
-        return self.root / "Annotations" / f"{image_id}.xml"
+    def annotation_path(self, image_id: str) -> str | Path:
+        return storage.join(self.root, "Annotations", f"{image_id}.xml")
 
     def labels(self, image_id: str) -> np.ndarray | None:
         """Image labels of one id, from its mask, else its annotation XML; None when it has neither (VOC test)."""
         mask = self.mask_path(image_id)
         if mask is not None:
             return image_labels_from_mask(mask)
-        xml = self.annotation_path(image_id)
-        return labels_from_annotation(xml) if xml.is_file() else None
+        has_xml = self._has_file("Annotations", f"{image_id}.xml")
+        return labels_from_annotation(self.annotation_path(image_id)) if has_xml else None
+
+    def _has_file(self, folder: str, filename: str) -> bool:
+        """Whether `<root>/<folder>/<filename>` exists. Locally one check per call; in an object store one listing
+        per folder, kept for the life of this object (a request per id would take minutes for 10k ids, and a
+        dataset there is input that nothing rewrites while it is read)."""
+        if not storage.is_uri(self.root):
+            return storage.is_file(storage.join(self.root, folder, filename))
+        if folder not in self._listings:
+            self._listings[folder] = set(storage.listdir(storage.join(self.root, folder)))
+        return filename in self._listings[folder]
 
     def image_labels(self, *, exclude: Iterable[str] = (), refresh: bool = False) -> dict[str, np.ndarray]:
         """Image labels of every id in the split lists (minus `exclude`), cached in `<root>/vwe_cls_labels.json`.
@@ -264,7 +274,7 @@ class VOCDataset:
         """
         excluded = set(exclude)
         wanted = sorted({i for s in self.splits() for i in self.split_ids(s)} - excluded)
-        cache_path = self.root / LABELS_CACHE
+        cache_path = storage.join(self.root, LABELS_CACHE)
         cached: dict[str, list[int]] = {}
         unlabeled: set[str] = set()
         if not refresh:
@@ -292,12 +302,12 @@ class VOCDataset:
         SegmentationClassAug mask + VOC train - VOC val (METHOD §6).
         """
         train, val = self.split_ids("train"), self.split_ids("val")
-        aug_dir = self.root / "SegmentationClassAug"
+        aug_dir = storage.join(self.root, "SegmentationClassAug")
         if sbd_root is not None:
             sbd_train, sbd_val = read_sbd_splits(sbd_root)
             pool = set(sbd_train) | set(sbd_val)
-        elif aug_dir.is_dir():
-            pool = {p.stem for p in aug_dir.glob("*.png")}
+        elif storage.is_dir(aug_dir):
+            pool = {name.removesuffix(".png") for name in storage.listdir(aug_dir) if name.endswith(".png")}
         else:
             log.warning("%s: no SBD folder and no SegmentationClassAug/: train_aug = train - val", self.root)
             pool = set()
@@ -315,9 +325,9 @@ class VOCDataset:
         the check goes on; missing folders and empty split lists still raise. Ids of `test` need only a JPEG; ids of
         `train_aug` need a mask or an annotation; ids of any other split need a mask.
         """
-        for folder in ("JPEGImages", "ImageSets/Segmentation"):
-            if not (self.root / folder).is_dir():
-                raise DataError(f"{self.root / folder}: folder missing")
+        for folder in (storage.join(self.root, "JPEGImages"), self.split_dir):
+            if not storage.is_dir(folder):
+                raise DataError(f"{folder}: folder missing")
         splits = self.splits()
         if not splits:
             raise DataError(f"{self.split_dir}: no split lists (expected train.txt, val.txt, ...)")
@@ -330,8 +340,9 @@ class VOCDataset:
             for image_id in split_ids:
                 needs[image_id] = max(needs.get(image_id, need), need, key=rank.__getitem__)
         if "mask" in needs.values() and not any(
-                (self.root / f).is_dir() for f in ("SegmentationClassAug", "SegmentationClass")):
-            raise DataError(f"{self.root / 'SegmentationClass'}: folder missing (and no SegmentationClassAug/)")
+                storage.is_dir(storage.join(self.root, f)) for f in ("SegmentationClassAug", "SegmentationClass")):
+            raise DataError(f"{storage.join(self.root, 'SegmentationClass')}: folder missing "
+                            "(and no SegmentationClassAug/)")
 
         report = CheckReport(counts=counts, notes=count_notes(counts))
         if sbd_root is not None:
@@ -347,7 +358,7 @@ class VOCDataset:
             log.warning("bad file %s: %s", bad.file, bad.problem)
             report.bad.append(bad)
         if skip_bad:
-            report.report_path = Path(report_dir or self.root) / BAD_FILES_REPORT
+            report.report_path = storage.join(report_dir or self.root, BAD_FILES_REPORT)
             write_json(report.report_path, {"root": str(self.root), "bad": [
                 {"id": b.image_id, "file": b.file, "problem": b.problem} for b in report.bad]})
         return report
@@ -369,11 +380,11 @@ class VOCDataset:
                 return BadFile(image_id, str(mask_path), f"mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs "
                                                          f"from the image size {size[0]}x{size[1]}")
         elif need == "mask":
-            return BadFile(image_id, str(self.root / "SegmentationClass" / f"{image_id}.png"),
+            return BadFile(image_id, str(storage.join(self.root, "SegmentationClass", f"{image_id}.png")),
                            "mask missing (looked in SegmentationClassAug/ and SegmentationClass/)")
         elif need == "labels":
             xml = self.annotation_path(image_id)
-            if not xml.is_file():
+            if not self._has_file("Annotations", f"{image_id}.xml"):
                 return BadFile(image_id, str(xml), "no mask and no annotation: the id has no image-level labels")
             try:
                 labels_from_annotation(xml)
@@ -382,13 +393,13 @@ class VOCDataset:
         return None
 
 
-def _bad(image_id: str, path: Path, err: DataError) -> BadFile:
+def _bad(image_id: str, path: str | Path, err: DataError) -> BadFile:
     return BadFile(image_id, str(path), str(err).removeprefix(f"{path}: "))
 
 
-def _read_labels_cache(path: Path) -> tuple[dict[str, list[int]], set[str]]:
+def _read_labels_cache(path: str | Path) -> tuple[dict[str, list[int]], set[str]]:
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(storage.read_text(path))
     except FileNotFoundError:
         return {}, set()
     except (OSError, ValueError) as err:

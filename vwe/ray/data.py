@@ -1,5 +1,6 @@
 """Per-image stages as Ray Data pipelines: CAM inference in an actor pool, CRF pseudo labels as CPU tasks, and
-evaluation with per-image confusion matrices summed on the driver.
+evaluation with per-image confusion matrices summed on the driver (the CAM threshold sweep, and `score_labels` for
+label maps: pseudo labels and DeepLab predictions).
 
 Every stage first lists the ids whose output is missing or incomplete and processes only those, so re-running a
 stage resumes it. Outputs are written by the workers (atomically) and summarised in a Parquet manifest.
@@ -20,7 +21,7 @@ from vwe.errors import DataError
 from vwe.io import update_manifest
 from vwe.ray.cluster import init_ray
 from vwe.data.voc import VOCDataset
-from vwe.stages import evaluate, make_cams, make_pseudo_labels
+from vwe.stages import eval_seg, evaluate, make_cams, make_pseudo_labels
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +114,6 @@ def _sweep_batch(batch: dict[str, np.ndarray], thresholds: list[float]) -> dict[
     return {"confusions": total[None], "images": np.array([len(batch["cam"])])}
 
 
-def _label_batch(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    total = sum(evaluate.label_confusion(label, evaluate.read_mask(mask))
-                for label, mask in zip(batch["label"], batch["mask"]))
-    return {"confusion": total[None], "images": np.array([len(batch["label"])])}
-
-
 def _eval_items(cfg: Config, split: str) -> list[dict[str, str]]:
     voc = VOCDataset(cfg.data.root)
     items = []
@@ -157,24 +152,37 @@ def run_eval_cams(cfg: Config, split: str | None = None) -> dict[str, Any]:
     return summary
 
 
-def run_eval_labels(cfg: Config, label_dir: str | Path, split: str, name: str) -> dict[str, Any]:
-    """mIoU of the label PNGs in `label_dir` (pseudo labels or predictions) on `split`; report `<name>.json/csv`."""
+def score_labels(cfg: Config, split: str, label_dir: str | Path, hint: str,
+                 unsure_as_background: bool = False) -> dict[str, Any]:
+    """mIoU of the `<id>.png` label maps in `label_dir` against the masks of `split` (background + data.num_classes
+    classes): a summed confusion matrix per batch of 8 images (CPU tasks), added up here.
+
+    Returns {"split", "images", "miou", "pixel_accuracy", "iou", "confusion"}. A missing mask or label file is a
+    DataError naming it; `hint` says how to make the missing labels.
+    """
     cfg = cfg.resolved()
-    items = _eval_items(cfg, split)
-    for item in items:
-        item["label"] = str(storage.join(label_dir, f"{item['id']}.png"))
-    missing = [i["id"] for i in items if not storage.is_file(i["label"])]
-    if missing:
-        raise DataError(f"{label_dir}: {len(missing)} label file(s) missing for split {split}, e.g. {missing[0]}.png")
+    num_classes = cfg.data.num_classes + 1
+    items = eval_seg.eval_items(cfg.data.root, split, label_dir, hint)
     init_ray(cfg.ray)
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 8, 200)))
-    dataset = dataset.map_batches(_label_batch, batch_size=8, batch_format="numpy", num_cpus=1)
-    total = np.zeros((21, 21), np.int64)
+    dataset = dataset.map_batches(
+        eval_seg.batch_confusion, fn_kwargs={"num_classes": num_classes, "unsure_as_background": unsure_as_background},
+        batch_size=8, batch_format="numpy", num_cpus=1)
+    total = np.zeros((num_classes, num_classes), np.int64)
     images = 0
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         total += batch["confusion"].sum(axis=0)
         images += int(batch["images"].sum())
-    summary = {"split": split, "images": images, "labels": str(label_dir), **evaluate.scores_summary(total)}
-    files = evaluate.write_report(storage.join(storage.parent(label_dir), "eval_labels"), name, summary)
-    summary["files"] = {k: str(v) for k, v in files.items()}
-    return summary
+    return {"split": split, "images": images, **eval_seg.summarize(total, eval_seg.class_names(cfg.data.num_classes))}
+
+
+def run_eval_labels(cfg: Config, label_dir: str | Path, split: str, name: str) -> dict[str, Any]:
+    """mIoU of the pseudo labels in `label_dir` on `split`, unsure pixels (255) counted as background.
+
+    Writes `<label_dir>/../eval_labels/<name>.json` and `<name>_classes.csv` (`vwe.stages.eval_seg.write_report`).
+    """
+    scores = score_labels(cfg, split, label_dir, "make the pseudo labels of this split first",
+                          unsure_as_background=True)
+    summary = {**scores, "labels": str(label_dir)}
+    files = eval_seg.write_report(storage.join(storage.parent(label_dir), "eval_labels"), name, summary)
+    return {**summary, "files": {k: str(v) for k, v in files.items()}}

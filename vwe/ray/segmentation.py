@@ -3,7 +3,7 @@
 infer-seg: decode (tasks) -> fused multi-scale logits at 1/8 size (an actor pool, one GPU per actor when
 ray.use_gpu) -> upsample, optional dense CRF, PNG (CPU tasks, one core each: the CRF is single-threaded and the
 GPU never waits for it). Only ids without a valid PNG are processed, so a re-run resumes.
-eval-seg: one summed confusion matrix per batch (CPU tasks), added up on the driver.
+eval-seg: `vwe.ray.data.score_labels`, as for the pseudo labels (one summed confusion matrix per batch, CPU tasks).
 """
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import ray
 import ray.data
 
+from vwe import storage
 from vwe.config import Config
 from vwe.ray.cluster import init_ray
-from vwe.ray.data import _finish, _inference_actors, _plain
+from vwe.ray.data import _finish, _inference_actors, _plain, score_labels
 from vwe.stages import eval_seg, infer_seg, make_cams
 
 log = logging.getLogger(__name__)
@@ -50,7 +50,7 @@ def run_infer_seg(cfg: Config, split: str | None = None, crf: bool | None = None
                                       fn_kwargs={"cfg": cfg.to_dict(), "split": split, "crf": crf}, num_cpus=1,
                                       **placement)
         rows = [_plain(row) for row in dataset.iter_rows()]
-    manifest = infer_seg.prediction_dir(cfg.out_dir, split, crf) / "manifest.parquet"
+    manifest = storage.join(infer_seg.prediction_dir(cfg.out_dir, split, crf), "manifest.parquet")
     summary = _finish(cfg, "infer-seg", rows, len(done), manifest)
     return {"split": split, "crf": crf, "predictions": str(infer_seg.prediction_dir(cfg.out_dir, split, crf)),
             **summary}
@@ -69,19 +69,8 @@ def run_eval_seg(cfg: Config, split: str | None = None, crf: bool | None = None,
     if pred_dir is None:
         pred_dir = infer_seg.prediction_dir(cfg.out_dir, split, crf)
     else:
-        name = f"{split}_{Path(pred_dir).name}"
-    num_classes = cfg.data.num_classes + 1
-    items = eval_seg.eval_items(cfg.data.root, split, pred_dir)
-    init_ray(cfg.ray)
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 8, 200)))
-    dataset = dataset.map_batches(eval_seg.batch_confusion, fn_kwargs={"num_classes": num_classes}, batch_size=8,
-                                  batch_format="numpy", num_cpus=1)
-    total = np.zeros((num_classes, num_classes), np.int64)
-    images = 0
-    for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-        total += batch["confusion"].sum(axis=0)
-        images += int(batch["images"].sum())
-    summary = {"split": split, "crf": crf, "predictions": str(pred_dir), "images": images,
-               **eval_seg.summarize(total, eval_seg.class_names(cfg.data.num_classes))}
-    files = eval_seg.write_report(Path(cfg.out_dir) / eval_seg.EVAL_DIR, name, summary)
+        name = f"{split}_{storage.name(pred_dir)}"
+    scores = score_labels(cfg, split, pred_dir, "run `vwe infer-seg` on this split first")
+    summary = {**scores, "crf": crf, "predictions": str(pred_dir)}
+    files = eval_seg.write_report(storage.join(cfg.out_dir, eval_seg.EVAL_DIR), name, summary)
     return {**summary, "files": {kind: str(path) for kind, path in files.items()}}

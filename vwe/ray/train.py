@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,11 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchConfig, TorchTrainer, get_device, prepare_model
 from torch import nn
 
+from vwe import storage
 from vwe.checkpoint import load_state, save_state
 from vwe.config import Config
 from vwe.errors import ConfigError
 from vwe.ray.cluster import init_ray
-from vwe.storage import join
 
 log = logging.getLogger(__name__)
 # stage name -> module whose `train(cfg, session, fault)` is the per-worker loop
@@ -66,14 +65,15 @@ def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
     return loop.train(cfg, RaySession(), fault=loop_config.get("fault"))
 
 
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """The run's checkpoint folders (Ray names them checkpoint_<timestamp>), oldest first."""
-    return sorted(p for p in run_dir.glob("checkpoint_*") if (p / "state.pt").is_file())
+def checkpoint_dirs(run_dir: str | Path) -> list[str | Path]:
+    """The run's checkpoint folders (Ray names them checkpoint_<timestamp>), oldest first; a folder or URI."""
+    folders = [storage.join(run_dir, name) for name in storage.listdir(run_dir) if name.startswith("checkpoint_")]
+    return [folder for folder in folders if storage.is_file(storage.join(folder, "state.pt"))]
 
 
 def storage_path(cfg: Config) -> str:
     """Where Ray Train keeps runs and checkpoints: ray.storage_path, else <out_dir>/ray (a path or a URI)."""
-    return cfg.ray.storage_path or str(join(cfg.out_dir, "ray"))
+    return cfg.ray.storage_path or str(storage.join(cfg.out_dir, "ray"))
 
 
 def fit_classifier(cfg: Config, **kwargs: Any) -> dict[str, Any]:
@@ -89,15 +89,13 @@ def fit(stage: str, cfg: Config, *, resume: bool = False, restart: bool = False,
     `callbacks` go to the run (a Tune trial passes `TuneReportCallback`).
     """
     cfg = cfg.resolved()  # workers change directory
-    storage = storage_path(cfg)
-    run_dir = Path(storage) / stage
-    local = "://" not in storage
-    if restart and local and run_dir.exists():
+    run_dir = storage.join(storage_path(cfg), stage)
+    if restart and storage.exists(run_dir):
         log.info("--restart: deleting %s", run_dir)
-        shutil.rmtree(run_dir)
-    elif resume and local and not checkpoint_dirs(run_dir):
+        storage.delete(run_dir)
+    elif resume and not checkpoint_dirs(run_dir):
         raise ConfigError(f"--resume: no checkpoint to resume in {run_dir}")
-    elif local and checkpoint_dirs(run_dir):
+    elif checkpoint_dirs(run_dir):
         log.info("resuming the run in %s (pass --restart to start over)", run_dir)
     if cfg.ray.num_workers < 1:
         raise ConfigError(f"ray.num_workers must be at least 1, got {cfg.ray.num_workers}")
@@ -115,7 +113,7 @@ def fit(stage: str, cfg: Config, *, resume: bool = False, restart: bool = False,
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=resources,
                                      placement_strategy=cfg.ray.placement_strategy),
-        run_config=RunConfig(name=stage, storage_path=storage,
+        run_config=RunConfig(name=stage, storage_path=storage_path(cfg),
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
     )

@@ -20,7 +20,7 @@ from vwe.cam import batched_cams, load_cam
 from vwe.data.voc import CLASSES, VOCDataset, read_image, read_mask
 from vwe.errors import DataError
 from vwe.io import write_json, write_text
-from vwe.metrics import ConfusionMatrix, confusion, sweep_confusions
+from vwe.metrics import ConfusionMatrix, sweep_confusions
 
 CLASS_NAMES = ("background", *CLASSES)
 
@@ -40,14 +40,6 @@ def cam_sweep(cam_file: str | Path, gt: np.ndarray, thresholds: list[float]) -> 
     return sweep_confusions(result.high_res, result.keys, gt, thresholds)
 
 
-def label_confusion(label_file: str | Path, gt: np.ndarray) -> np.ndarray:
-    """21 x 21 confusion of a label PNG against the ground truth (255 in the prediction counts as background)."""
-    pred = read_mask(label_file)
-    if pred.shape != gt.shape:
-        raise DataError(f"{label_file}: size {pred.shape} differs from its ground-truth mask {gt.shape}")
-    return confusion(gt, np.where(pred == 255, 0, pred))
-
-
 def sweep_summary(confusions: np.ndarray, thresholds: list[float]) -> dict[str, Any]:
     """mIoU per threshold, the best threshold and its per-class IoU."""
     scores = [ConfusionMatrix(matrix=c).compute() for c in confusions]
@@ -55,11 +47,6 @@ def sweep_summary(confusions: np.ndarray, thresholds: list[float]) -> dict[str, 
     best = int(np.nanargmax(curve))
     return {"thresholds": list(thresholds), "miou": curve, "best_threshold": thresholds[best],
             "best_miou": curve[best], "iou": _per_class(scores[best].iou)}
-
-
-def scores_summary(matrix: np.ndarray) -> dict[str, Any]:
-    scores = ConfusionMatrix(matrix=matrix).compute()
-    return {"miou": float(scores.miou), "pixel_accuracy": float(scores.pixel_accuracy), "iou": _per_class(scores.iou)}
 
 
 def _per_class(iou: np.ndarray) -> dict[str, float | None]:

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from vwe import storage
 from vwe.data.voc import VOCDataset
 from vwe.errors import DataError
 from vwe.io import atomic_path
@@ -30,15 +31,15 @@ def export_voc(root: str | Path, split: str, pred_dir: str | Path, archive: str 
     """
     voc = VOCDataset(root)
     ids = voc.split_ids(split)
-    pred_dir = Path(pred_dir)
-    missing = [i for i in ids if not (pred_dir / f"{i}.png").is_file()]
+    present = set(storage.listdir(pred_dir))  # one listing, not a request per id (slow in an object store)
+    missing = [i for i in ids if f"{i}.png" not in present]
     if missing:
         raise DataError(f"{pred_dir}: {len(missing)} of {len(ids)} predictions of split {split!r} missing, e.g. "
                         f"{missing[0]}.png (run `vwe infer-seg --split {split}` first)")
     with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
         for image_id in ids:
-            path = pred_dir / f"{image_id}.png"
-            data = path.read_bytes()
+            path = storage.join(pred_dir, f"{image_id}.png")
+            data = storage.read_bytes(path)
             _check_prediction(path, data, voc, image_id, num_classes)
             info = tarfile.TarInfo(f"{SERVER_DIR}/{image_id}.png")
             info.size = len(data)
@@ -47,7 +48,7 @@ def export_voc(root: str | Path, split: str, pred_dir: str | Path, archive: str 
     return {"archive": str(archive), "images": len(ids)}
 
 
-def _check_prediction(path: Path, data: bytes, voc: VOCDataset, image_id: str, num_classes: int) -> None:
+def _check_prediction(path: str | Path, data: bytes, voc: VOCDataset, image_id: str, num_classes: int) -> None:
     try:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
@@ -56,7 +57,7 @@ def _check_prediction(path: Path, data: bytes, voc: VOCDataset, image_id: str, n
         raise DataError(f"{path}: cannot decode the PNG ({type(err).__name__}: {err})") from err
     if mode != "P":
         raise DataError(f"{path}: mode {mode}; the server expects a palette (P) PNG of class indices")
-    with Image.open(voc.image_path(image_id)) as original:
+    with storage.open_input(voc.image_path(image_id)) as f, Image.open(f) as original:
         if original.size != size:
             raise DataError(f"{path}: size {size[0]}x{size[1]} differs from its image "
                             f"{original.size[0]}x{original.size[1]}")

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vwe import storage
 from vwe.config import Config, SegConfig
 from vwe.crf import crf_probs
 from vwe.data.datasets import deeplab_input
@@ -30,12 +31,12 @@ from vwe.stages.train_deeplab import MODEL_DIR, load_trained_deeplab
 PRED_DIR = "seg"
 
 
-def prediction_dir(out_dir: str | Path, split: str, crf: bool) -> Path:
-    return Path(out_dir) / (f"{PRED_DIR}_crf" if crf else PRED_DIR) / split
+def prediction_dir(out_dir: str | Path, split: str, crf: bool) -> str | Path:
+    return storage.join(out_dir, f"{PRED_DIR}_crf" if crf else PRED_DIR, split)
 
 
-def prediction_path(out_dir: str | Path, split: str, crf: bool, image_id: str) -> Path:
-    return prediction_dir(out_dir, split, crf) / f"{image_id}.png"
+def prediction_path(out_dir: str | Path, split: str, crf: bool, image_id: str) -> str | Path:
+    return storage.join(prediction_dir(out_dir, split, crf), f"{image_id}.png")
 
 
 def prediction_is_complete(path: str | Path) -> bool:
@@ -89,7 +90,7 @@ class SegPredictor:
     def __init__(self, cfg: dict[str, Any], use_gpu: bool = False):
         self.cfg = Config.from_dict(cfg)
         self.device = torch.device("cuda" if use_gpu else "cpu")
-        self.model, trained = load_trained_deeplab(Path(self.cfg.out_dir) / MODEL_DIR, self.device)
+        self.model, trained = load_trained_deeplab(storage.join(self.cfg.out_dir, MODEL_DIR), self.device)
         self.seg = trained.seg  # the network's own input convention, whatever the current config says
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 import yaml
 from torch import Tensor, nn
 
+from vwe import storage
 from vwe.checkpoint import unwrap
 from vwe.config import Config, SegConfig
 from vwe.data.datasets import SegmentationDataset
@@ -29,9 +30,9 @@ from vwe.stages.train_classifier import export_model
 MODEL_DIR = "deeplab"
 
 
-def labels_dir(cfg: Config) -> Path:
-    """Where the training labels are: `seg.labels_dir`, by default `<out_dir>/pseudo_labels`."""
-    return Path(cfg.seg.labels_dir or Path(cfg.out_dir) / LABEL_DIR)
+def labels_dir(cfg: Config) -> str | Path:
+    """Where the training labels are: `seg.labels_dir`, by default `<out_dir>/pseudo_labels` (a folder or URI)."""
+    return storage.join(cfg.seg.labels_dir or storage.join(cfg.out_dir, LABEL_DIR))
 
 
 def build_optimizer(model: DeepLabV2, seg: SegConfig) -> torch.optim.SGD:
@@ -102,17 +103,17 @@ def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None =
     result = training.run(session, model, optimizer, dataset, functools.partial(train_step, cfg=cfg), schedule,
                           cfg.to_dict(), compile_model=seg.compile, fault=fault)
     if session.rank == 0:
-        export_model(base, cfg, Path(cfg.out_dir) / MODEL_DIR)
+        export_model(base, cfg, storage.join(cfg.out_dir, MODEL_DIR))
     return result
 
 
 def load_trained_deeplab(directory: str | Path, device: str | torch.device = "cpu") -> tuple[DeepLabV2, Config]:
-    """The exported DeepLab (`model.pth` + `config.yaml` in `directory`), in eval mode."""
-    directory = Path(directory)
-    config_path = directory / "config.yaml"
-    if not (config_path.is_file() and (directory / "model.pth").is_file()):
+    """The exported DeepLab (`model.pth` + `config.yaml` in `directory`, a folder or URI), in eval mode."""
+    config_path, weights = storage.join(directory, "config.yaml"), storage.join(directory, "model.pth")
+    if not (storage.is_file(config_path) and storage.is_file(weights)):
         raise DataError(f"{directory}: no trained DeepLab (model.pth + config.yaml); run `vwe train-seg` first")
-    cfg = Config.from_dict(yaml.safe_load(config_path.read_text()), source=str(config_path))
+    cfg = Config.from_dict(yaml.safe_load(storage.read_text(config_path)), source=str(config_path))
     model = build_deeplab(cfg.seg, cfg.data.num_classes + 1, load_pretrained=False)
-    model.load_state_dict(torch.load(directory / "model.pth", map_location="cpu", weights_only=True))
+    with storage.local_copy(weights) as local:
+        model.load_state_dict(torch.load(local, map_location="cpu", weights_only=True))
     return model.to(device).eval(), cfg
