@@ -66,6 +66,9 @@ def test_crf_probs_returns_marginals_that_follow_the_edge():
     assert q.shape == (2, H, W) and q.dtype == np.float32
     np.testing.assert_allclose(q.sum(axis=0), 1.0, atol=1e-4)
     assert (q.argmax(axis=0) == _truth()).mean() > 0.99
+    read_only = _two_region_image()
+    read_only.flags.writeable = False  # as Ray Data hands out images from its object store
+    np.testing.assert_array_equal(crf_probs(read_only, probs), q)
 
 
 def _stripes() -> tuple[np.ndarray, np.ndarray]:

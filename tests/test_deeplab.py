@@ -16,6 +16,7 @@ from vwe.data.datasets import SegmentationDataset, deeplab_input
 from vwe.data.synth import generate
 from vwe.data.voc import write_mask
 from vwe.errors import ConfigError, DataError
+from vwe.models.classifier import build_classifier
 from vwe.models.deeplab import ASPP, MultiScaleDeepLab, build_deeplab, coco_to_backbone_names, max_fusion
 from vwe.models.resnet import FrozenBatchNorm2d, build_backbone
 from vwe.stages.train_deeplab import build_optimizer, msc_loss, resize_labels
@@ -104,6 +105,9 @@ def test_msc_returns_each_scale_and_their_max() -> None:
     upsampled = [F.interpolate(o, size=(9, 9), mode="bilinear", align_corners=False) for o in outputs[1:3]]
     torch.testing.assert_close(outputs[3], torch.maximum(outputs[0], torch.maximum(*upsampled)))
     torch.testing.assert_close(max_fusion(outputs[:3]), outputs[3])
+    single = MultiScaleDeepLab(model.base, ())(x)  # no extra scales: the plain logits, counted once by the loss
+    assert len(single) == 1
+    torch.testing.assert_close(single[0], outputs[0])
 
 
 def test_param_groups_lr_multipliers_and_weight_decay() -> None:
@@ -220,6 +224,29 @@ def test_imagenet_checkpoint_loads_into_the_backbone(tmp_path: Path) -> None:
     assert all(torch.equal(model.backbone.state_dict()[k], source[k]) for k in source)
     with pytest.raises(ConfigError, match="seg.pretrained"):
         build_deeplab(SegConfig(backbone="resnet-tiny", pretrained=str(tmp_path / "none.pth")))
+
+
+def test_classifier_export_initialises_the_backbone(tmp_path: Path) -> None:
+    classifier = build_classifier(load_config(None, ["model.backbone=resnet-tiny"]), load_pretrained=False)
+    classifier.backbone.load_state_dict(randomised(classifier.backbone.state_dict()))
+    path = tmp_path / "classifier" / "model.pth"
+    path.parent.mkdir()
+    torch.save(classifier.state_dict(), path)
+    cfg = load_config(None, [f"out_dir={tmp_path}", "seg.backbone=resnet-tiny", "seg.init=classifier",
+                             "seg.pretrained={out_dir}/classifier/model.pth"]).resolved()
+    model = build_deeplab(cfg.seg, num_classes=21)
+    source = classifier.backbone.state_dict()
+    assert model.backbone.state_dict().keys() == source.keys()
+    assert all(torch.equal(model.backbone.state_dict()[k], source[k]) for k in source)
+    assert model.backbone.layer4[0].conv2.dilation == (4, 4)  # the classifier's weights at DeepLab's stride 8
+
+
+def test_adamw_keeps_the_lr_multipliers() -> None:
+    optimizer = build_optimizer(tiny_deeplab(), SegConfig(backbone="resnet-tiny", optimizer="adamw", lr=1e-3))
+    assert isinstance(optimizer, torch.optim.AdamW)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-3, 1e-2, 2e-2])
+    with pytest.raises(ConfigError, match="seg.optimizer"):
+        build_optimizer(tiny_deeplab(), SegConfig(backbone="resnet-tiny", optimizer="adam"))
 
 
 @pytest.mark.parametrize("key, value", [("init", "voc"), ("backbone", "resnet18"), ("test_scales", [0.5, 1.0]),

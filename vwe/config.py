@@ -114,13 +114,17 @@ class SegConfig:
     backbone: str = "resnet101"  # resnet101 | resnet50 | resnet-tiny (tests, demo); output stride 8, METHOD §5
     init: str = "imagenet"  # imagenet: torchvision ResNet checkpoint, torchvision layout, ImageNet mean/std input |
     #                         coco: DeepLab's COCO checkpoint (deeplabv1_resnet101-coco.pth, caffe names), caffe
-    #                         layout (stride on the 1x1), BGR input minus the caffe mean, METHOD §5
-    pretrained: str = ""  # the `init` checkpoint: a path (or a URL for imagenet); "" = random init (tests only)
+    #                         layout (stride on the 1x1), BGR input minus the caffe mean, METHOD §5 |
+    #                         classifier: the backbone of a `vwe train-cam` export (not the paper: the synthetic
+    #                         demo's stand-in for ImageNet weights, learnt from the same image labels)
+    pretrained: str = ""  # the `init` checkpoint: a path (or a URL for imagenet); "{out_dir}" expands to out_dir;
+    #                       "" = random init (tests only)
     labels_dir: str = ""  # training labels, <id>.png index maps (255 ignored); "" = <out_dir>/pseudo_labels;
     #                       "{out_dir}" expands to out_dir
     batch_size: int = 10  # global, split over the workers; the authors' 5 x grad-accumulation 2 (METHOD P13)
     iterations: int = 20000  # optimiser steps; the poly schedule spans them
     lr: float = 2.5e-4  # backbone conv weights; ASPP weights x aspp_weight_lr_mult, biases x aspp_bias_lr_mult
+    optimizer: str = "sgd"  # sgd (the paper) | adamw (small or random-init networks, e.g. the synthetic demo)
     aspp_weight_lr_mult: float = 10.0
     aspp_bias_lr_mult: float = 20.0  # ASPP biases also get no weight decay
     momentum: float = 0.9

@@ -158,4 +158,5 @@ def _rgb_image(image: np.ndarray) -> np.ndarray:
         shape = getattr(image, "shape", None)
         dtype = getattr(image, "dtype", type(image).__name__)
         raise ValueError(f"the CRF needs the raw H x W x 3 uint8 RGB image, got {dtype} {shape}")
-    return np.ascontiguousarray(image)
+    # pydensecrf wants a writable C-contiguous buffer; images from Ray's object store are read-only views
+    return np.require(image, requirements=["C_CONTIGUOUS", "WRITEABLE"])

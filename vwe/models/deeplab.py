@@ -10,22 +10,27 @@ Initialisation (`seg.init`):
               layout (stride on the first 1x1 conv, ceil-mode stem pool) so the weights compute what they were
               trained to; input = BGR minus the caffe mean, no std (`vwe.data.datasets.deeplab_input`). Its names are
               mapped by `coco_to_backbone_names`; the ASPP is not loaded (METHOD §5).
+    classifier    the backbone of a `vwe train-cam` export (`<out_dir>/classifier/model.pth`), torchvision layout;
+              not the paper: where no ImageNet weights fit (the synthetic demo's resnet-tiny), the classifier
+              trained on the same image labels is the best start there is.
 """
 from __future__ import annotations
 
 import re
+from contextlib import nullcontext
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vwe import storage
 from vwe.config import SegConfig
 from vwe.errors import ConfigError
 from vwe.models.resnet import FrozenBatchNorm2d, ResNetBackbone, build_backbone
 from vwe.models.weights import load_backbone
 
-INITS = ("imagenet", "coco")
+INITS = ("imagenet", "coco", "classifier")
 
 
 class ASPP(nn.Module):
@@ -109,6 +114,7 @@ class MultiScaleDeepLab(nn.Module):
     """deeplab-pytorch's MSC for training: logits at x1 and at each extra scale, then their max (METHOD §5).
 
     `forward` returns [x1, x0.5, x0.75, max] (for scales 0.5, 0.75), each at its own size; the max is at the x1 size.
+    Without extra scales it returns [x1] alone.
     The loss sums cross-entropy over all of them. One forward runs every scale, so DDP sees a single graph.
 
     Args:
@@ -123,7 +129,7 @@ class MultiScaleDeepLab(nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         outputs = pyramid_logits(self.base, x, (1.0, *self.scales))
-        return [*outputs, max_fusion(outputs)]
+        return [*outputs, max_fusion(outputs)] if self.scales else outputs
 
 
 def caffe_input(seg: SegConfig) -> bool:
@@ -143,9 +149,16 @@ def build_deeplab(seg: SegConfig, num_classes: int = 21, load_pretrained: bool =
     backbone = build_backbone(seg.backbone, detach_layer2=False, output_stride=8, style=style, key="seg.backbone")
     model = DeepLabV2(backbone, num_classes, seg.aspp_rates)
     if load_pretrained and seg.pretrained:
-        rename = coco_to_backbone_names if seg.init == "coco" else None
-        load_backbone(model.backbone, seg.pretrained, rename=rename, key="seg.pretrained")
+        rename = {"coco": coco_to_backbone_names, "classifier": classifier_to_backbone_names}.get(seg.init)
+        from_store = storage.is_uri(seg.pretrained) and not seg.pretrained.startswith(("http://", "https://"))
+        with storage.local_copy(seg.pretrained) if from_store else nullcontext(seg.pretrained) as weights:
+            load_backbone(model.backbone, str(weights), rename=rename, key="seg.pretrained")
     return model
+
+
+def classifier_to_backbone_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The `backbone.*` tensors of a classifier state dict, without the prefix; the heads and codebook dropped."""
+    return {name.removeprefix("backbone."): value for name, value in state.items() if name.startswith("backbone.")}
 
 
 # deeplab-pytorch's ResNet names (libs/models/resnet.py, deeplabv2.py): layer1 is the stem (conv1 = conv + bn),

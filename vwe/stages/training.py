@@ -166,6 +166,10 @@ def run(session: Session, model: nn.Module, optimizer: torch.optim.Optimizer, da
                               or step == schedule.last_step)
             if step % schedule.log_every == 0 or checkpoint_now:
                 losses = meter.summary()
+                if not math.isfinite(losses["loss"]):
+                    # a diverged run only gets worse; stop before a checkpoint or export keeps NaN weights
+                    raise FloatingPointError(
+                        f"the loss is {losses['loss']} at step {step}: training diverged; lower the learning rate")
                 metrics = {"step": step, "epoch": step / per_epoch, "lr": schedule.lr * factor, **losses}
                 if epoch_eval is not None and step % per_epoch == 0 and session.rank == 0:
                     metrics.update(epoch_eval(model))
