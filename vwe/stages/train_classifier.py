@@ -17,7 +17,6 @@ from vwe import storage
 from vwe.checkpoint import unwrap
 from vwe.config import Config, TrainConfig
 from vwe.data.datasets import ClassificationDataset
-from vwe.errors import ConfigError
 from vwe.io import atomic_path, write_text
 from vwe.losses import classifier_loss
 from vwe.models import Classifier, build_classifier
@@ -28,14 +27,8 @@ def build_optimizer(model: Classifier, train: TrainConfig) -> torch.optim.Optimi
     """SGD (or AdamW) over (backbone x1, new layers x new_layer_lr_mult); keyword arguments only (METHOD P1)."""
     backbone, new = model.param_groups()
     groups = [{"params": backbone, "lr_mult": 1.0}, {"params": new, "lr_mult": train.new_layer_lr_mult}]
-    if train.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
-    elif train.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=train.lr, weight_decay=train.weight_decay)
-    else:
-        raise ConfigError(f"train.optimizer must be sgd or adamw, got {train.optimizer!r}")
-    training.set_lr(optimizer, train.lr, 1.0)
-    return optimizer
+    return training.make_optimizer(train.optimizer, groups, train.lr, train.momentum, train.weight_decay,
+                                   key="train.optimizer")
 
 
 def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer,

@@ -21,7 +21,7 @@ from vwe.checkpoint import unwrap
 from vwe.config import Config, SegConfig
 from vwe.data.datasets import SegmentationDataset
 from vwe.data.voc import IGNORE
-from vwe.errors import ConfigError, DataError
+from vwe.errors import DataError
 from vwe.models.deeplab import DeepLabV2, MultiScaleDeepLab, build_deeplab, caffe_input
 from vwe.stages import training
 from vwe.stages.make_pseudo_labels import LABEL_DIR
@@ -39,14 +39,7 @@ def build_optimizer(model: DeepLabV2, seg: SegConfig) -> torch.optim.Optimizer:
     """SGD (or AdamW) over the backbone convs (x1), ASPP weights (x10) and ASPP biases (x20, no weight decay);
     keywords only."""
     groups = model.param_groups(seg.weight_decay, seg.aspp_weight_lr_mult, seg.aspp_bias_lr_mult)
-    if seg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(groups, lr=seg.lr, momentum=seg.momentum, weight_decay=seg.weight_decay)
-    elif seg.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(groups, lr=seg.lr, weight_decay=seg.weight_decay)
-    else:
-        raise ConfigError(f"seg.optimizer must be sgd or adamw, got {seg.optimizer!r}")
-    training.set_lr(optimizer, seg.lr, 1.0)
-    return optimizer
+    return training.make_optimizer(seg.optimizer, groups, seg.lr, seg.momentum, seg.weight_decay, key="seg.optimizer")
 
 
 def resize_labels(labels: Tensor, size: Sequence[int]) -> Tensor:

@@ -102,6 +102,20 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> N
         group["lr"] = base_lr * group["lr_mult"] * factor
 
 
+def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float, momentum: float, weight_decay: float,
+                   key: str) -> torch.optim.Optimizer:
+    """SGD (momentum) or AdamW over param groups that carry an `lr_mult`, LRs set for step 0; keywords only
+    (METHOD P1). A group's own `weight_decay` wins over `weight_decay`; `key` is the config field named in errors."""
+    if name == "sgd":
+        optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    elif name == "adamw":
+        optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+    else:
+        raise ConfigError(f"{key} must be sgd or adamw, got {name!r}")
+    set_lr(optimizer, lr, 1.0)
+    return optimizer
+
+
 def optimize(optimizer: torch.optim.Optimizer, loss: torch.Tensor,
              terms: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Backward and update for a step function; returns `terms` plus the detached total `loss` (no host sync)."""
