@@ -114,7 +114,8 @@ def write_labels(batch: dict[str, np.ndarray], cfg: dict[str, Any], split: str, 
     for image_id, image, logits, error in zip(batch["id"], batch["image"], batch["logits"], batch["error"]):
         start = time.perf_counter()
         if not error:
-            label = logits_to_label(torch.from_numpy(logits), image, params)
+            # Ray Data hands out read-only arrays; torch wants writable ones
+            label = logits_to_label(torch.from_numpy(np.require(logits, requirements="W")), image, params)
             write_mask(prediction_path(config.out_dir, split, crf, image_id), label)
         heights.append(image.shape[0])
         widths.append(image.shape[1])
