@@ -10,9 +10,10 @@ Initialisation (`seg.init`):
               layout (stride on the first 1x1 conv, ceil-mode stem pool) so the weights compute what they were
               trained to; input = BGR minus the caffe mean, no std (`vwe.data.datasets.deeplab_input`). Its names are
               mapped by `coco_to_backbone_names`; the ASPP is not loaded (METHOD §5).
-    classifier    the backbone of a `vwe train-cam` export (`<out_dir>/classifier/model.pth`), torchvision layout;
-              not the paper: where no ImageNet weights fit (the synthetic demo's resnet-tiny), the classifier
-              trained on the same image labels is the best start there is.
+    classifier
+              the backbone of a `vwe train-cam` export (`<out_dir>/classifier/model.pth`), torchvision layout; not
+              the paper: where no ImageNet weights fit (the synthetic demo's resnet-tiny), the classifier trained on
+              the same image labels is the best start there is.
 """
 from __future__ import annotations
 
