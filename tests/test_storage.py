@@ -23,6 +23,7 @@ from vwe.data.voc import LABELS_CACHE, VOCDataset, read_image, read_mask, write_
 from vwe.errors import ConfigError, DataError
 from vwe.io import atomic_path, update_manifest, write_json
 from vwe.models import build_classifier
+from vwe.models.deeplab import build_deeplab
 from vwe.stages.make_cams import cam_path
 from vwe.stages.make_pseudo_labels import label_is_complete, label_path, make_labels
 from vwe.stages.train_classifier import export_model, load_trained_classifier
@@ -183,6 +184,12 @@ def test_exported_classifier_round_trip(root):
     assert loaded_cfg.model == cfg.model
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    # DeepLab starts from that export wherever it lies (seg.init: classifier, the demo's setting)
+    seg_cfg = cfg.with_overrides({"seg.backbone": cfg.model.backbone, "seg.init": "classifier",
+                                  "seg.pretrained": "{out_dir}/classifier/model.pth"}).resolved()
+    deeplab = build_deeplab(seg_cfg.seg, cfg.data.num_classes + 1)
+    for key, value in model.backbone.state_dict().items():
+        torch.testing.assert_close(deeplab.backbone.state_dict()[key], value, rtol=0, atol=0, msg=key)
 
 
 def test_a_dataset_root_in_an_object_store_reads_like_the_local_one(s3_bucket, s3_voc, synth_root, tmp_path):

@@ -115,12 +115,10 @@ class SegmentationDataset(Dataset):
         self.voc = VOCDataset(root)
         self.labels_dir = storage.join(labels_dir)
         self.ids = self.voc.split_ids(split)
-        # one listing, not a request per id (slow for 10k ids in an object store)
-        present = set(storage.listdir(self.labels_dir))
-        missing = [i for i in self.ids if f"{i}.png" not in present]
+        missing = storage.missing(self.labels_dir, [f"{i}.png" for i in self.ids])
         if missing:
             raise DataError(f"{self.labels_dir}: {len(missing)} of the {len(self.ids)} ids of split {split!r} have no "
-                            f"label file, e.g. {missing[0]}.png (make the pseudo labels first)")
+                            f"label file, e.g. {missing[0]} (make the pseudo labels first)")
         self.crop_size = crop_size
         self.scales = tuple(scales)
         if not self.scales or min(self.scales) <= 0:

@@ -18,14 +18,12 @@ Initialisation (`seg.init`):
 from __future__ import annotations
 
 import re
-from contextlib import nullcontext
 from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vwe import storage
 from vwe.config import SegConfig
 from vwe.errors import ConfigError
 from vwe.models.resnet import FrozenBatchNorm2d, ResNetBackbone, build_backbone
@@ -151,9 +149,7 @@ def build_deeplab(seg: SegConfig, num_classes: int = 21, load_pretrained: bool =
     model = DeepLabV2(backbone, num_classes, seg.aspp_rates)
     if load_pretrained and seg.pretrained:
         rename = {"coco": coco_to_backbone_names, "classifier": classifier_to_backbone_names}.get(seg.init)
-        from_store = storage.is_uri(seg.pretrained) and not seg.pretrained.startswith(("http://", "https://"))
-        with storage.local_copy(seg.pretrained) if from_store else nullcontext(seg.pretrained) as weights:
-            load_backbone(model.backbone, str(weights), rename=rename, key="seg.pretrained")
+        load_backbone(model.backbone, seg.pretrained, rename=rename, key="seg.pretrained")
     return model
 
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import pickle
 import urllib.error
-from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
+from vwe import storage
 from vwe.errors import ConfigError, DataError
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP and torch.compile
@@ -23,7 +23,7 @@ _LISTED_KEYS = 8  # keys named in an error message before "... and N more"
 def load_backbone(backbone: nn.Module, path_or_url: str, *,
                   rename: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
                   key: str = "model.pretrained") -> None:
-    """Copies a torchvision-format state dict (a local path or an http(s) URL) into `backbone`.
+    """Copies a torchvision-format state dict (a local path, an object-store URI or an http(s) URL) into `backbone`.
 
     A URL is fetched into the torch hub cache (needs network on first use). Wrapper prefixes (`module.`,
     `_orig_mod.`) are stripped and the ImageNet head (`fc.*`) is dropped; any other missing, unexpected or
@@ -60,10 +60,11 @@ def _read_state_dict(path_or_url: str, key: str) -> dict[str, Tensor]:
             state = torch.hub.load_state_dict_from_url(
                 path_or_url, map_location="cpu", weights_only=True, check_hash=True, progress=False
             )
-        else:
-            if not Path(path_or_url).is_file():
+        else:  # a local path or an object-store URI (s3://..., e.g. a classifier exported to an s3 run folder)
+            if not storage.is_file(path_or_url):
                 raise ConfigError(f"{key}: no such file {path_or_url!r}")
-            state = torch.load(path_or_url, map_location="cpu", weights_only=True)
+            with storage.local_copy(path_or_url) as local:
+                state = torch.load(local, map_location="cpu", weights_only=True)
     except urllib.error.URLError as err:
         raise ConfigError(
             f"{key}: cannot download {path_or_url} ({err.reason}); download it elsewhere and pass its path"

@@ -31,11 +31,10 @@ def export_voc(root: str | Path, split: str, pred_dir: str | Path, archive: str 
     """
     voc = VOCDataset(root)
     ids = voc.split_ids(split)
-    present = set(storage.listdir(pred_dir))  # one listing, not a request per id (slow in an object store)
-    missing = [i for i in ids if f"{i}.png" not in present]
+    missing = storage.missing(pred_dir, [f"{i}.png" for i in ids])
     if missing:
         raise DataError(f"{pred_dir}: {len(missing)} of {len(ids)} predictions of split {split!r} missing, e.g. "
-                        f"{missing[0]}.png (run `vwe infer-seg --split {split}` first)")
+                        f"{missing[0]} (run `vwe infer-seg --split {split}` first)")
     with atomic_path(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
         for image_id in ids:
             path = storage.join(pred_dir, f"{image_id}.png")
