@@ -54,3 +54,11 @@ def test_a_diverging_run_stops_before_saving_nan_weights(tmp_path: Path) -> None
     for folder in saved:
         state = torch.load(folder / "state.pt", weights_only=False)
         assert all(torch.isfinite(value).all() for value in state["model"].values()), folder.name
+
+
+def test_a_run_resumed_at_its_last_step_reports_where_it_is(tmp_path: Path) -> None:
+    """A sweep trial whose driver died after its Train run finished resumes here: its report still has the epoch."""
+    first = train(0.1, tmp_path)
+    again = train(0.1, tmp_path)
+    assert again["resumed_from"] == again["step"] == first["step"] == 40
+    assert again["epoch"] == first["epoch"] == 10 and again["history"] == []

@@ -226,7 +226,8 @@ def _trial(config: dict[str, Any], base: dict[str, Any], fixed: dict[str, Any], 
     # the CAM files were only needed for this number (about 0.8 GB per trial on VOC val); the report stays
     storage.delete(storage.join(cfg.out_dir, make_cams.CAM_DIR))
     tune.report({"eval_miou": summary["best_miou"], "eval_threshold": summary["best_threshold"],
-                 "eval_images": summary["images"], "steps": trained["step"], "resumed_from": trained["resumed_from"]})
+                 "eval_images": summary["images"], "steps": trained["step"], "epoch": trained["epoch"],
+                 "resumed_from": trained["resumed_from"]})
 
 
 def run_sweep(cfg: Config, space_path: str | Path, *, name: str | None = None, resume: bool = False,

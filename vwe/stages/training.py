@@ -158,7 +158,8 @@ def run(session: Session, model: nn.Module, optimizer: torch.optim.Optimizer, da
     wrapped.train()
 
     meter = _Meter()
-    metrics: dict[str, Any] = {"step": step}
+    # a run resumed at its last step trains nothing and still says where it is
+    metrics: dict[str, Any] = {"step": step, "epoch": step / per_epoch}
     history: list[dict[str, Any]] = []
     while step < schedule.last_step:
         epoch, start = divmod(step, per_epoch)
