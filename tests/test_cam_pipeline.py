@@ -145,3 +145,27 @@ def test_stage_commands(ray_local, run, capsys):
     assert "best background threshold" in out and (Path(cfg.out_dir) / "eval_cam" / "train.json").is_file()
     assert main(["eval-cam", "--config", str(config), "--set", "cam.sweep=oops"]) == 2
     assert "cam.sweep" in capsys.readouterr().err
+
+
+def test_a_dataset_of_the_first_classes_trains_and_makes_cams(ray_local, tmp_path):
+    """data.num_classes 4 on a 4-class benchmark: 4-way image labels, classifier and CAM classes; a dataset with a
+    later class is refused by name."""
+    from vwe.checkpoint import LocalSession
+    from vwe.ray.data import run_eval_cams
+    from vwe.stages import train_classifier
+
+    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"out_dir={tmp_path}", "data.num_classes=4",
+                                                        "train.max_steps=2"]).resolved()
+    generate(cfg.data.root, {"train_aug": 16, "train": 6, "val": 2, "test": 1}, 48, 64, num_classes=4, seed=0)
+    result = train_classifier.train(cfg, LocalSession(tmp_path / "checkpoints"))
+    assert result["step"] == 2
+    assert run_make_cams(cfg, "train")["processed"] == 6
+    voc = VOCDataset(cfg.data.root)
+    for image_id in voc.split_ids("train"):
+        keys = load_cam(cam_path(cfg.out_dir, image_id)).keys
+        assert keys.size and keys.max() < 4
+    assert len(run_eval_cams(cfg, "train")["iou"]) == 5  # background and the 4 classes
+
+    narrow = cfg.with_overrides({"data.num_classes": 2})
+    with pytest.raises(DataError, match=r"beyond the first 2 \(data.num_classes\), e.g. \S+ \((car|bus|bird|boat)"):
+        train_classifier.train(narrow, LocalSession(tmp_path / "narrow"))

@@ -24,7 +24,7 @@ from vwe.data.voc import VOCDataset, read_image, read_mask, write_mask
 from vwe.io import write_json
 from vwe.models import build_classifier
 from vwe.report import build_report, example_cells, example_columns, find_segmentation, load_run, visual_word_patches
-from vwe.stages import eval_seg
+from vwe.stages import eval_seg, evaluate
 from vwe.stages.evaluate import cam_sweep, gt_mask, sweep_summary, write_report
 from vwe.stages.make_cams import cam_path
 from vwe.stages.make_pseudo_labels import label_path
@@ -84,7 +84,7 @@ def words_run(tmp_path_factory) -> Path:
     write_report(out / "eval_cam", "train", {"split": "train", **sweep_summary(sweep, cfg.cam.sweep)})
     matrix = sum(eval_seg.image_confusion(label_path(out, i), voc.mask_path(i), 21, unsure_as_background=True)
                  for i in train)
-    eval_seg.write_report(out / "eval_labels", "pseudo_train",
+    evaluate.write_report(out / "eval_labels", "pseudo_train",
                           {"split": "train", **eval_seg.summarize(matrix, eval_seg.class_names(20))})
     write_json(out / "stages.json", STAGES)
     build_report(out, num_examples=3, num_words=4, patches_per_word=3, word_images=6)

@@ -62,7 +62,7 @@ def _infer_seg(args: argparse.Namespace) -> int:
 
 def _eval_seg(args: argparse.Namespace) -> int:
     from vwe.ray.segmentation import run_eval_seg
-    from vwe.stages.eval_seg import format_table
+    from vwe.stages.evaluate import format_table
 
     cfg = config_from_args(args).with_overrides(ray_overrides(args))
     summary = run_eval_seg(cfg, args.split, args.crf, args.pred_dir)

@@ -100,7 +100,7 @@ def _eval_cam(args: argparse.Namespace) -> int:
 def _make_pseudo(args: argparse.Namespace) -> int:
     from vwe.errors import DataError
     from vwe.ray.data import run_eval_labels, run_make_pseudo
-    from vwe.stages.eval_seg import format_table
+    from vwe.stages.evaluate import format_table
     from vwe.stages.make_pseudo_labels import LABEL_DIR
 
     cfg = config_from_args(args).with_overrides(ray_overrides(args))

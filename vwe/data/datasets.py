@@ -17,7 +17,7 @@ from vwe.errors import DataError
 
 
 class ClassificationDataset(Dataset):
-    """Items {"id": str, "image": float32 3 x crop x crop, "labels": float32[20]} of one split, augmented.
+    """Items {"id": str, "image": float32 3 x crop x crop, "labels": float32[num_classes]} of one split, augmented.
 
     With a `seed`, item i of epoch e always gets the same augmentation (the generator is seeded with
     (seed, e, i), so DataLoader worker processes do not repeat each other); call `set_epoch` before each epoch
@@ -27,11 +27,11 @@ class ClassificationDataset(Dataset):
 
     def __init__(self, root: str | Path, split: str, *, crop_size: int = 512,
                  resize_long: tuple[int, int] = (320, 640), flip: bool = True, seed: int | None = None,
-                 exclude: Iterable[str] = ()):
+                 exclude: Iterable[str] = (), num_classes: int = NUM_CLASSES):
         self.voc = VOCDataset(root)
         excluded = set(exclude)
         self.ids = [i for i in self.voc.split_ids(split) if i not in excluded]
-        labels = self.voc.image_labels(exclude=excluded)
+        labels = self.voc.image_labels(exclude=excluded, num_classes=num_classes)
         unlabeled = [i for i in self.ids if i not in labels]
         if unlabeled:
             raise DataError(f"{self.voc.split_path(split)}: {len(unlabeled)} ids have no mask and no annotation, "
@@ -55,17 +55,19 @@ class ClassificationDataset(Dataset):
 
 
 class InferenceDataset(Dataset):
-    """Items {"id", "image": uint8 H x W x 3, "labels": float32[20], "mask": uint8 H x W or None} of one split.
+    """Items {"id", "image": uint8 H x W x 3, "labels": float32[num_classes], "mask": uint8 H x W or None} of one
+    split.
 
     Labels are all zero for an id with neither mask nor annotation (VOC test). Items differ in size and the mask
     may be None: iterate directly, or use a DataLoader with batch_size=None.
     """
 
-    def __init__(self, root: str | Path, split: str, *, exclude: Iterable[str] = ()):
+    def __init__(self, root: str | Path, split: str, *, exclude: Iterable[str] = (), num_classes: int = NUM_CLASSES):
         self.voc = VOCDataset(root)
         excluded = set(exclude)
         self.ids = [i for i in self.voc.split_ids(split) if i not in excluded]
-        self.labels = self.voc.image_labels(exclude=excluded)
+        self.num_classes = num_classes
+        self.labels = self.voc.image_labels(exclude=excluded, num_classes=num_classes)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -77,7 +79,7 @@ class InferenceDataset(Dataset):
         return {
             "id": image_id,
             "image": read_image(self.voc.image_path(image_id)),
-            "labels": np.zeros(NUM_CLASSES, np.float32) if labels is None else labels,
+            "labels": np.zeros(self.num_classes, np.float32) if labels is None else labels,
             "mask": None if mask_path is None else read_mask(mask_path),
         }
 

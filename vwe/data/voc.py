@@ -116,9 +116,9 @@ def write_mask(path: str | Path, mask: np.ndarray) -> None:
         tmp.write_bytes(data)
 
 
-def multi_hot(class_indices: Iterable[int]) -> np.ndarray:
-    """float32[20] with a 1 at each 0-based class index."""
-    labels = np.zeros(NUM_CLASSES, dtype=np.float32)
+def multi_hot(class_indices: Iterable[int], num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """float32[num_classes] with a 1 at each 0-based class index."""
+    labels = np.zeros(num_classes, dtype=np.float32)
     labels[list(class_indices)] = 1.0
     return labels
 
@@ -266,11 +266,13 @@ class VOCDataset:
             self._listings[folder] = set(storage.listdir(storage.join(self.root, folder)))
         return filename in self._listings[folder]
 
-    def image_labels(self, *, exclude: Iterable[str] = (), refresh: bool = False) -> dict[str, np.ndarray]:
+    def image_labels(self, *, exclude: Iterable[str] = (), refresh: bool = False,
+                     num_classes: int = NUM_CLASSES) -> dict[str, np.ndarray]:
         """Image labels of every id in the split lists (minus `exclude`), cached in `<root>/vwe_cls_labels.json`.
 
         Cached labels are never recomputed; ids missing from the cache (a split list grew) are computed and added.
-        Ids with neither mask nor annotation are left out. `refresh` recomputes everything.
+        Ids with neither mask nor annotation are left out. `refresh` recomputes everything. With `num_classes` below
+        20 (a dataset of the first VOC classes) the vectors are that long, and an image of a later class is an error.
         """
         excluded = set(exclude)
         wanted = sorted({i for s in self.splits() for i in self.split_ids(s)} - excluded)
@@ -293,7 +295,12 @@ class VOCDataset:
             except OSError as err:
                 log.warning("%s: cannot write the labels cache (%s); labels will be recomputed next time",
                             cache_path, err.strerror)
-        return {i: multi_hot(cached[i]) for i in wanted if i in cached}
+        beyond = [i for i in wanted if i in cached and any(c >= num_classes for c in cached[i])]
+        if beyond:
+            classes = sorted({CLASSES[c] for c in cached[beyond[0]] if c >= num_classes})
+            raise DataError(f"{self.root}: {len(beyond)} images have classes beyond the first {num_classes} "
+                            f"(data.num_classes), e.g. {beyond[0]} ({', '.join(classes)})")
+        return {i: multi_hot(cached[i], num_classes) for i in wanted if i in cached}
 
     def prepare(self, sbd_root: str | Path | None = None) -> dict[str, int]:
         """Builds ImageSets/Segmentation/train_aug.txt and the labels cache; returns the ids per split.

@@ -108,8 +108,8 @@ def _require_cams(cfg: Config, ids: list[str], stage: str) -> None:
                         "run `vwe make-cam` on their split first")
 
 
-def _sweep_batch(batch: dict[str, np.ndarray], thresholds: list[float]) -> dict[str, np.ndarray]:
-    total = sum(evaluate.cam_sweep(cam, evaluate.read_mask(mask), thresholds)
+def _sweep_batch(batch: dict[str, np.ndarray], thresholds: list[float], num_classes: int) -> dict[str, np.ndarray]:
+    total = sum(evaluate.cam_sweep(cam, evaluate.read_mask(mask), thresholds, num_classes)
                 for cam, mask in zip(batch["cam"], batch["mask"]))
     return {"confusions": total[None], "images": np.array([len(batch["cam"])])}
 
@@ -139,9 +139,10 @@ def run_eval_cams(cfg: Config, split: str | None = None) -> dict[str, Any]:
     init_ray(cfg.ray)
     thresholds = list(cfg.cam.sweep)
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items) // 8, 200)))
-    dataset = dataset.map_batches(_sweep_batch, fn_kwargs={"thresholds": thresholds}, batch_size=8,
-                                  batch_format="numpy", num_cpus=1)
-    total = np.zeros((len(thresholds), 21, 21), np.int64)
+    num_classes = cfg.data.num_classes
+    dataset = dataset.map_batches(_sweep_batch, fn_kwargs={"thresholds": thresholds, "num_classes": num_classes},
+                                  batch_size=8, batch_format="numpy", num_cpus=1)
+    total = np.zeros((len(thresholds), num_classes + 1, num_classes + 1), np.int64)
     images = 0
     for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
         total += batch["confusions"].sum(axis=0)
@@ -179,10 +180,10 @@ def score_labels(cfg: Config, split: str, label_dir: str | Path, hint: str,
 def run_eval_labels(cfg: Config, label_dir: str | Path, split: str, name: str) -> dict[str, Any]:
     """mIoU of the pseudo labels in `label_dir` on `split`, unsure pixels (255) counted as background.
 
-    Writes `<label_dir>/../eval_labels/<name>.json` and `<name>_classes.csv` (`vwe.stages.eval_seg.write_report`).
+    Writes `<label_dir>/../eval_labels/<name>.json` and `<name>_classes.csv` (`vwe.stages.evaluate.write_report`).
     """
     scores = score_labels(cfg, split, label_dir, "make the pseudo labels of this split first",
                           unsure_as_background=True)
     summary = {**scores, "labels": str(label_dir)}
-    files = eval_seg.write_report(storage.join(storage.parent(label_dir), "eval_labels"), name, summary)
+    files = evaluate.write_report(storage.join(storage.parent(label_dir), "eval_labels"), name, summary)
     return {**summary, "files": {k: str(v) for k, v in files.items()}}

@@ -18,7 +18,7 @@ from vwe import storage
 from vwe.config import Config
 from vwe.ray.cluster import init_ray
 from vwe.ray.data import _finish, _inference_actors, _plain, score_labels
-from vwe.stages import eval_seg, infer_seg, make_cams
+from vwe.stages import eval_seg, evaluate, infer_seg, make_cams
 
 log = logging.getLogger(__name__)
 
@@ -72,5 +72,5 @@ def run_eval_seg(cfg: Config, split: str | None = None, crf: bool | None = None,
         name = f"{split}_{storage.name(pred_dir)}"
     scores = score_labels(cfg, split, pred_dir, "run `vwe infer-seg` on this split first")
     summary = {**scores, "crf": crf, "predictions": str(pred_dir)}
-    files = eval_seg.write_report(storage.join(cfg.out_dir, eval_seg.EVAL_DIR), name, summary)
+    files = evaluate.write_report(storage.join(cfg.out_dir, eval_seg.EVAL_DIR), name, summary)
     return {**summary, "files": {kind: str(path) for kind, path in files.items()}}

@@ -8,8 +8,6 @@ pseudo-label score of make-pseudo.
 """
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,6 @@ import numpy as np
 from vwe import storage
 from vwe.data.voc import CLASSES, IGNORE, VOCDataset, read_mask
 from vwe.errors import DataError
-from vwe.io import write_json, write_text
 from vwe.metrics import ConfusionMatrix, confusion
 
 EVAL_DIR = "eval_seg"
@@ -87,27 +84,3 @@ def summarize(matrix: np.ndarray, names: list[str]) -> dict[str, Any]:
     return {"miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
             "iou": {name: None if np.isnan(v) else float(v) for name, v in zip(names, scores.iou)},
             "confusion": np.asarray(matrix).tolist()}
-
-
-def write_report(directory: str | Path, name: str, summary: dict[str, Any]) -> dict[str, str | Path]:
-    """`<name>.json` (the whole summary) and `<name>_classes.csv`: a header of class names and mIoU, then one row
-    of IoU in percent (the layout of the authors' per-class table)."""
-    paths = {"json": storage.join(directory, f"{name}.json"), "classes": storage.join(directory, f"{name}_classes.csv")}
-    write_json(paths["json"], summary)
-    names = list(summary["iou"])
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow([*names, "mIoU"])
-    writer.writerow([*(_percent(summary["iou"][n]) for n in names), _percent(summary["miou"])])
-    write_text(paths["classes"], buffer.getvalue())
-    return paths
-
-
-def format_table(summary: dict[str, Any]) -> str:
-    """Per-class IoU and mIoU in percent, one class per line."""
-    rows = [*summary["iou"].items(), ("mIoU", summary["miou"])]
-    return "\n".join(f"{name:>12s} {_percent(value):>6s}" for name, value in rows)
-
-
-def _percent(value: float | None) -> str:
-    return "" if value is None or np.isnan(value) else f"{100 * value:.2f}"

@@ -17,7 +17,7 @@ from torch import nn
 
 from vwe import storage
 from vwe.cam import batched_cams, load_cam
-from vwe.data.voc import CLASSES, VOCDataset, read_image, read_mask
+from vwe.data.voc import CLASSES, NUM_CLASSES, VOCDataset, read_image, read_mask
 from vwe.errors import DataError
 from vwe.io import write_json, write_text
 from vwe.metrics import ConfusionMatrix, sweep_confusions
@@ -32,17 +32,19 @@ def gt_mask(voc: VOCDataset, image_id: str) -> np.ndarray:
     return read_mask(path)
 
 
-def cam_sweep(cam_file: str | Path, gt: np.ndarray, thresholds: list[float]) -> np.ndarray:
-    """T x 21 x 21 confusions of one image's CAM labels at every background threshold."""
+def cam_sweep(cam_file: str | Path, gt: np.ndarray, thresholds: list[float],
+              num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """T x C x C confusions (C = num_classes + 1) of one image's CAM labels at every background threshold."""
     result = load_cam(cam_file)
     if result.high_res.shape[1:] != gt.shape:
         raise DataError(f"{cam_file}: CAM size {result.high_res.shape[1:]} differs from its mask {gt.shape}")
-    return sweep_confusions(result.high_res, result.keys, gt, thresholds)
+    return sweep_confusions(result.high_res, result.keys, gt, thresholds, num_classes + 1)
 
 
 def sweep_summary(confusions: np.ndarray, thresholds: list[float]) -> dict[str, Any]:
-    """mIoU per threshold, the best threshold and its per-class IoU."""
-    scores = [ConfusionMatrix(matrix=c).compute() for c in confusions]
+    """mIoU per threshold, the best threshold and its per-class IoU (background and the first C - 1 classes of
+    T x C x C `confusions`)."""
+    scores = [ConfusionMatrix(len(c), c).compute() for c in confusions]
     curve = [float(s.miou) for s in scores]
     best = int(np.nanargmax(curve))
     return {"thresholds": list(thresholds), "miou": curve, "best_threshold": thresholds[best],
@@ -50,7 +52,7 @@ def sweep_summary(confusions: np.ndarray, thresholds: list[float]) -> dict[str, 
 
 
 def _per_class(iou: np.ndarray) -> dict[str, float | None]:
-    return {name: (None if np.isnan(v) else float(v)) for name, v in zip(CLASS_NAMES, iou)}
+    return {name: (None if np.isnan(v) else float(v)) for name, v in zip(CLASS_NAMES[:len(iou)], iou)}
 
 
 def write_report(directory: str | Path, name: str, summary: dict[str, Any]) -> dict[str, str | Path]:
@@ -60,8 +62,7 @@ def write_report(directory: str | Path, name: str, summary: dict[str, Any]) -> d
     write_json(paths["json"], summary)
     iou = summary["iou"]
     miou = summary.get("best_miou", summary.get("miou"))
-    write_text(paths["classes"], _csv([[*CLASS_NAMES, "mIoU"],
-                                       [*(_percent(iou[c]) for c in CLASS_NAMES), _percent(miou)]]))
+    write_text(paths["classes"], _csv([[*iou, "mIoU"], [*(_percent(v) for v in iou.values()), _percent(miou)]]))
     if "thresholds" in summary:
         paths["curve"] = storage.join(directory, f"{name}_curve.csv")
         write_text(paths["curve"], _csv([["threshold", "mIoU"],
@@ -78,8 +79,8 @@ def format_table(summary: dict[str, Any]) -> str:
     """The per-class IoU table as aligned text, for the terminal."""
     iou = summary["iou"]
     miou = summary.get("best_miou", summary.get("miou"))
-    names = [*CLASS_NAMES, "mIoU"]
-    values = [*(_percent(iou[c]) for c in CLASS_NAMES), _percent(miou)]
+    names = [*iou, "mIoU"]
+    values = [*(_percent(v) for v in iou.values()), _percent(miou)]
     width = max(len(n) for n in names)
     return "\n".join(f"{n:<{width}}  {v:>6}" for n, v in zip(names, values))
 
@@ -96,14 +97,14 @@ def _csv(rows: list[list[Any]]) -> str:
 
 def model_cam_sweep(model: nn.Module, root: str | Path, split: str, thresholds: list[float], *,
                     num_images: int = 0, scales: Sequence[float] = (1.0,), batch_size: int = 8,
-                    dtype: torch.dtype = torch.float32) -> dict[str, Any]:
+                    dtype: torch.dtype = torch.float32, num_classes: int = NUM_CLASSES) -> dict[str, Any]:
     """CAM mIoU of `model` (in memory, no CAM files) on the first `num_images` images of `split` (0: all of them)
     at every background threshold; `sweep_summary` plus the image count. Used between training epochs."""
     voc = VOCDataset(root)
     ids = voc.split_ids(split)
     ids = ids[:num_images] if num_images > 0 else ids
-    labels = voc.image_labels()
-    total = np.zeros((len(thresholds), 21, 21), np.int64)
+    labels = voc.image_labels(num_classes=num_classes)
+    total = np.zeros((len(thresholds), num_classes + 1, num_classes + 1), np.int64)
     was_training = model.training
     model.eval()
     try:
@@ -112,7 +113,8 @@ def model_cam_sweep(model: nn.Module, root: str | Path, split: str, thresholds: 
             images = [read_image(voc.image_path(i)) for i in chunk]
             results = batched_cams(model, images, [labels[i] for i in chunk], scales, dtype=dtype)
             for image_id, result in zip(chunk, results):
-                total += sweep_confusions(result.high_res, result.keys, gt_mask(voc, image_id), thresholds)
+                total += sweep_confusions(result.high_res, result.keys, gt_mask(voc, image_id), thresholds,
+                                          num_classes + 1)
     finally:
         model.train(was_training)
     return {"split": split, "images": len(ids), **sweep_summary(total, thresholds)}

@@ -30,13 +30,13 @@ def cam_path(out_dir: str | Path, image_id: str) -> str | Path:
 def split_items(cfg: Config, split: str, output: callable, is_complete: callable) -> tuple[list[dict], list[str]]:
     """(items still to do, ids already done) of a split; an item is {"id", "path", "labels"}."""
     voc = VOCDataset(cfg.data.root)
-    labels = voc.image_labels()
+    labels = voc.image_labels(num_classes=cfg.data.num_classes)
+    zero = np.zeros(cfg.data.num_classes, np.float32)
     todo, done = [], []
     for image_id in voc.split_ids(split):
         if is_complete(output(cfg.out_dir, image_id)):
             done.append(image_id)
         else:
-            zero = np.zeros(cfg.data.num_classes, np.float32)
             todo.append({"id": image_id, "path": str(voc.image_path(image_id)), "labels": labels.get(image_id, zero)})
     return todo, done
 

@@ -57,7 +57,7 @@ def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None =
         torch.backends.cudnn.benchmark = True
     dataset = ClassificationDataset(cfg.data.root, cfg.data.train_split, crop_size=train_cfg.crop_size,
                                     resize_long=tuple(train_cfg.resize_long), flip=train_cfg.flip,
-                                    seed=train_cfg.seed)
+                                    seed=train_cfg.seed, num_classes=cfg.data.num_classes)
     per_epoch = training.steps_per_epoch(len(dataset), train_cfg.batch_size, cfg.data.train_split)
     schedule = training.Schedule(
         batch_size=train_cfg.batch_size, total_steps=per_epoch * train_cfg.epochs, lr=train_cfg.lr,
@@ -83,7 +83,8 @@ def epoch_cam_miou(model: nn.Module, cfg: Config) -> dict[str, float]:
     summary = evaluate.model_cam_sweep(
         model, cfg.data.root, cfg.data.cam_split, list(cfg.cam.sweep), num_images=cfg.train.eval_images,
         scales=cfg.cam.scales, batch_size=cfg.cam.batch_size,
-        dtype=torch.bfloat16 if device.type == "cuda" and cfg.cam.amp else torch.float32)
+        dtype=torch.bfloat16 if device.type == "cuda" and cfg.cam.amp else torch.float32,
+        num_classes=cfg.data.num_classes)
     return {"cam_miou": summary["best_miou"], "cam_threshold": summary["best_threshold"]}
 
 
