@@ -93,10 +93,10 @@ def fit(stage: str, cfg: Config, *, resume: bool = False, restart: bool = False,
     if restart and storage.exists(run_dir):
         log.info("--restart: deleting %s", run_dir)
         storage.delete(run_dir)
-    elif resume and not checkpoint_dirs(run_dir):
-        raise ConfigError(f"--resume: no checkpoint to resume in {run_dir}")
     elif checkpoint_dirs(run_dir):
         log.info("resuming the run in %s (pass --restart to start over)", run_dir)
+    elif resume:
+        raise ConfigError(f"--resume: no checkpoint to resume in {run_dir}")
     if cfg.ray.num_workers < 1:
         raise ConfigError(f"ray.num_workers must be at least 1, got {cfg.ray.num_workers}")
     if cfg.ray.placement_strategy not in PLACEMENT_STRATEGIES:

@@ -58,11 +58,12 @@ def msc_loss(outputs: Sequence[Tensor], labels: Tensor) -> tuple[Tensor, dict[st
     """
     total = torch.zeros((), device=labels.device)
     terms: dict[str, Tensor] = {}
+    fused = len(outputs) - 1 if len(outputs) > 1 else None  # the max fusion comes last, when there are scales
     for i, logits in enumerate(outputs):
         target = resize_labels(labels, logits.shape[-2:])
         valid = (target != IGNORE).sum().clamp(min=1)
         term = F.cross_entropy(logits.float(), target, ignore_index=IGNORE, reduction="sum") / valid
-        terms["loss_max" if i == len(outputs) - 1 > 0 else f"loss_{i}"] = term.detach()
+        terms["loss_max" if i == fused else f"loss_{i}"] = term.detach()
         total = total + term
     return total, terms
 
