@@ -67,3 +67,11 @@ def test_worker_fault_recovers_to_same_weights(reference_run, synth_root, tmp_pa
     assert (tmp_path / "fault_happened").exists(), "the fault hook never fired"
     assert result["step"] == 24 and result["resumed_from"] == 8  # last checkpoint before the fault
     assert_same_weights(final_weights(tmp_path), final_weights(ref_out))
+
+
+def test_resume_without_a_checkpoint_is_refused(synth_root, tmp_path):
+    from vwe.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"--resume: no checkpoint to resume in .*train_cam"):
+        fit_classifier(tiny_config(synth_root, tmp_path), resume=True)
+    assert not (tmp_path / "classifier").exists()
