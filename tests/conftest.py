@@ -14,9 +14,6 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-VOC_SAMPLES = SHARED / "voc-samples" / "VOC2012"
-
 
 @pytest.fixture(scope="module")
 def ray_local():

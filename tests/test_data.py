@@ -18,7 +18,8 @@ from vwe.data.transforms import IMAGENET_MEAN, IMAGENET_STD, InferenceTransform,
 from vwe.data.voc import CLASSES, VOCDataset, palette, read_image, read_mask, write_mask
 from vwe.errors import DataError
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "voc-samples" / "VOC2012"
+# Five genuine VOC 2012 images with their masks, kept in the repository; provenance and sha256 in SOURCE.md
+SAMPLES = Path(__file__).resolve().parent / "data" / "voc-samples" / "VOC2012"
 # Mask labels present per genuine file (SOURCE.md), background and 255 left out.
 GENUINE = {"2007_000129": {2, 15}, "2007_000346": {5, 15}, "2011_000003": {5, 15}, "2011_000006": {9, 15, 18},
            "2011_000025": {6, 7}}
@@ -28,13 +29,26 @@ VAL = ["2007_000129", "2007_000346"]
 
 @pytest.fixture
 def root(tmp_path: Path) -> Path:
-    """A writable copy of the genuine samples with train/val lists (the files are read-only in shared/)."""
+    """A writable copy of the genuine samples with train/val lists (the tests never write into tests/data)."""
     root = tmp_path / "VOC2012"
     shutil.copytree(SAMPLES, root, copy_function=shutil.copyfile)
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)
     (root / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(TRAIN) + "\n")
     (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(VAL) + "\n")
     return root
+
+
+def test_the_samples_are_the_files_source_md_lists():
+    """Every file in the samples folder is listed in SOURCE.md with its sha256, and matches it byte for byte."""
+    import hashlib
+    import re
+
+    source = (SAMPLES.parent / "SOURCE.md").read_text()
+    listed = dict(re.findall(r"^\| (VOC2012/\S+) \|.*\| ([0-9a-f]{64}) \|$", source, flags=re.M))
+    present = {str(p.relative_to(SAMPLES.parent)) for p in SAMPLES.rglob("*") if p.is_file()}
+    assert present == set(listed) and len(present) == 11
+    for name, digest in listed.items():
+        assert hashlib.sha256((SAMPLES.parent / name).read_bytes()).hexdigest() == digest, name
 
 
 def test_palette_is_the_voc_colour_map():
