@@ -1,5 +1,5 @@
 """Ray job entrypoint for `vwe infer-seg`, e.g.
-    ray job submit --working-dir . -- python jobs/infer_seg.py --config configs/voc.yaml --gpu --crf
+    ray job submit --working-dir . -- python jobs/infer_seg.py --config voc --gpu --crf
 Takes the same arguments as `vwe infer-seg`; joins the cluster the job runs on (RAY_ADDRESS is set by Ray Jobs).
 """
 import sys

@@ -1,5 +1,5 @@
 """Ray job entrypoint for `vwe make-cam`, e.g.
-    ray job submit --working-dir . -- python jobs/make_cam.py --config configs/voc.yaml
+    ray job submit --working-dir . -- python jobs/make_cam.py --config voc
 Takes the same arguments as `vwe make-cam`; joins the cluster the job runs on (RAY_ADDRESS is set by Ray Jobs).
 """
 import sys

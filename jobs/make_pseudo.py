@@ -1,5 +1,5 @@
 """Ray job entrypoint for `vwe make-pseudo`, e.g.
-    ray job submit --working-dir . -- python jobs/make_pseudo.py --config configs/voc.yaml
+    ray job submit --working-dir . -- python jobs/make_pseudo.py --config voc
 Takes the same arguments as `vwe make-pseudo`; joins the cluster the job runs on (RAY_ADDRESS is set by Ray Jobs).
 """
 import sys

@@ -1,5 +1,5 @@
 """Ray job entrypoint for `vwe run` (the whole pipeline), e.g.
-    python jobs/submit.py pipeline --config configs/voc.yaml --set out_dir=/mnt/vwe/runs/voc ray.use_gpu=true
+    python jobs/submit.py pipeline --config voc --set out_dir=/mnt/vwe/runs/voc ray.use_gpu=true
 Takes the same arguments as `vwe run`; joins the cluster the job runs on (RAY_ADDRESS is set by Ray Jobs).
 """
 import sys

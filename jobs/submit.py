@@ -1,7 +1,7 @@
 """Submits the pipeline or one stage to a Ray cluster through the Jobs API, from a laptop or from the head node:
 
     python jobs/submit.py [--address http://127.0.0.1:8265] [--no-wait] JOB [arguments of the vwe command...]
-    python jobs/submit.py pipeline --config configs/voc.yaml --set out_dir=/mnt/vwe/runs/voc ray.use_gpu=true
+    python jobs/submit.py pipeline --config voc --set out_dir=/mnt/vwe/runs/voc ray.use_gpu=true
 
 JOB names an entrypoint in jobs/ (pipeline = `vwe run`, train_cam, make_cam, eval_cam, make_pseudo, ...). This
 checkout is uploaded as the job's working_dir, without datasets, runs, the venv, git objects and weights, so the

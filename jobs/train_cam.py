@@ -1,5 +1,5 @@
 """Ray job entrypoint for stage 1, e.g.
-    ray job submit --working-dir . -- python jobs/train_cam.py --config configs/voc.yaml --num-workers 8 --gpu
+    ray job submit --working-dir . -- python jobs/train_cam.py --config voc --num-workers 8 --gpu
 Takes the same arguments as `vwe train-cam`; joins the cluster the job runs on (RAY_ADDRESS is set by Ray Jobs).
 """
 import sys

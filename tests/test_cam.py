@@ -16,7 +16,7 @@ from vwe.cam import (
     pil_bicubic_resize,
     save_cam,
 )
-from vwe.errors import ConfigError, DataError
+from vwe.errors import DataError
 
 
 class ConstantCam(nn.Module):
@@ -120,7 +120,7 @@ def test_multiscale_cam_without_classes_gives_empty_maps():
 
 
 def test_scales_must_start_at_one():
-    with pytest.raises(ConfigError, match="cam.scales"):
+    with pytest.raises(ValueError, match="scales must be positive and start with 1.0"):
         multiscale_cam(ConstantCam(), _image(16, 16, 0), _labels(1), scales=(0.5, 1.0))
 
 

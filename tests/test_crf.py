@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from vwe.config import PseudoLabelConfig
-from vwe.crf import confident_pseudo_label, crf_labels, crf_probs, pseudo_label_params
+from vwe.config import CrfConfig
+from vwe.crf import confident_pseudo_label, crf_labels, crf_probs
 
 H, W = 40, 60
 
@@ -87,7 +87,8 @@ def _stripes() -> tuple[np.ndarray, np.ndarray]:
 @pytest.mark.parametrize("crf", [False, True])
 def test_confident_pseudo_label_marks_disagreement_as_ignore(crf):
     image, high_res = _stripes()
-    label = confident_pseudo_label(image, high_res, np.array([6]), fg_threshold=0.30, bg_threshold=0.05, crf=crf)
+    label = confident_pseudo_label(image, high_res, np.array([6]), fg_background_score=0.30, bg_background_score=0.05,
+                                   crf=CrfConfig(enabled=crf))
     assert label.dtype == np.uint8 and label.shape == (H, W)
     # fg map: class 7 | bg | bg;  bg map: class 7 | class 7 | bg  ->  7 | 255 | 0
     interior = slice(3, 17), slice(23, 37), slice(43, 57)  # away from the stripe edges
@@ -104,13 +105,3 @@ def test_confident_pseudo_label_without_classes_is_background():
     assert label.shape == (H, W) and not label.any()
 
 
-def test_pseudo_label_params_follow_the_config():
-    image, high_res = _stripes()
-    high_res[0, :, 18:22] = 0.32  # a strip near the fg threshold, where the thresholds decide
-    cfg = PseudoLabelConfig(fg_threshold=0.35, crf=False)
-    params = pseudo_label_params(cfg)
-    assert params["iterations"] == cfg.crf_iterations and params["bilateral_srgb"] == cfg.crf_bilateral_srgb
-    by_config = confident_pseudo_label(image, high_res, np.array([2]), **params)
-    explicit = confident_pseudo_label(image, high_res, np.array([2]), fg_threshold=0.35, bg_threshold=0.05, crf=False)
-    np.testing.assert_array_equal(by_config, explicit)
-    assert (by_config[:, 18:22] == 255).all()  # 0.32 is below the configured 0.35

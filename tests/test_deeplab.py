@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from vwe.config import SegConfig, load_config
+from vwe.config import Config, SegConfig, load_config
 from vwe.data.datasets import SegmentationDataset, deeplab_input
 from vwe.data.synth import generate
 from vwe.data.voc import write_mask
@@ -19,8 +19,8 @@ from vwe.errors import ConfigError, DataError
 from vwe.models.classifier import build_classifier
 from vwe.models.deeplab import ASPP, MultiScaleDeepLab, build_deeplab, coco_to_backbone_names, max_fusion
 from vwe.models.resnet import FrozenBatchNorm2d, build_backbone
-from vwe.stages.train_deeplab import build_optimizer, msc_loss, resize_labels
-from vwe.stages.training import set_lr
+from vwe.stages.train_seg import build_optimizer, msc_loss, resize_labels
+from vwe.training import set_lr
 
 
 
@@ -222,7 +222,7 @@ def test_imagenet_checkpoint_loads_into_the_backbone(tmp_path: Path) -> None:
     torch.save({**source, "fc.weight": torch.zeros(1000, 256), "fc.bias": torch.zeros(1000)}, path)
     model = build_deeplab(SegConfig(backbone="resnet-tiny", pretrained=str(path)), num_classes=21)
     assert all(torch.equal(model.backbone.state_dict()[k], source[k]) for k in source)
-    with pytest.raises(ConfigError, match="seg.pretrained"):
+    with pytest.raises(ConfigError, match="none.pth"):
         build_deeplab(SegConfig(backbone="resnet-tiny", pretrained=str(tmp_path / "none.pth")))
 
 
@@ -246,16 +246,14 @@ def test_adamw_keeps_the_lr_multipliers() -> None:
     assert isinstance(optimizer, torch.optim.AdamW)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([1e-3, 1e-2, 2e-2])
     with pytest.raises(ConfigError, match="seg.optimizer"):
-        build_optimizer(tiny_deeplab(), SegConfig(backbone="resnet-tiny", optimizer="adam"))
+        Config.from_dict({"seg": {"backbone": "resnet-tiny", "optimizer": "adam"}})
 
 
 @pytest.mark.parametrize("key, value", [("init", "voc"), ("backbone", "resnet18"), ("test_scales", [0.5, 1.0]),
                                         ("aspp_rates", [])])
 def test_bad_seg_config_names_the_key(key: str, value: object) -> None:
-    seg = SegConfig(backbone="resnet-tiny")
-    setattr(seg, key, value)
     with pytest.raises(ConfigError, match=f"seg.{key}"):
-        build_deeplab(seg)
+        Config.from_dict({"seg": {"backbone": "resnet-tiny", key: value}})
 
 
 def test_resolved_config_makes_seg_paths_absolute(tmp_path: Path) -> None:

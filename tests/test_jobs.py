@@ -35,13 +35,13 @@ def test_working_dir_leaves_out_data_runs_and_weights(submit):
     for path in ("data/VOCdevkit/VOC2012/JPEGImages/a.jpg", "runs/voc/cams/a.npz", ".venv/bin/python", ".git/HEAD",
                  "vwe/__pycache__/cam.cpython-311.pyc", "weights/resnet50.pth"):
         assert excluded(REPO / path), path
-    for path in ("vwe/data/voc.py", "jobs/pipeline.py", "configs/voc.yaml", "pyproject.toml"):
+    for path in ("vwe/data/voc.py", "jobs/pipeline.py", "vwe/configs/voc.yaml", "pyproject.toml"):
         assert not excluded(REPO / path), path
 
 
 def test_entrypoint_quotes_arguments_and_names_the_jobs(submit):
-    line = submit.entrypoint("pipeline", ["--config", "configs/tiny.yaml", "--set", "synth.splits={train_aug: 8}"])
-    assert shlex.split(line) == ["python", "jobs/pipeline.py", "--config", "configs/tiny.yaml", "--set",
+    line = submit.entrypoint("pipeline", ["--config", "tiny", "--set", "synth.splits={train_aug: 8}"])
+    assert shlex.split(line) == ["python", "jobs/pipeline.py", "--config", "tiny", "--set",
                                  "synth.splits={train_aug: 8}"]
     assert {"pipeline", "train_cam", "make_pseudo"} <= set(submit.job_names()) and "submit" not in submit.job_names()
     with pytest.raises(SystemExit, match="unknown job 'trian_cam'"):
@@ -53,4 +53,4 @@ def test_token_mode_needs_a_token(submit, monkeypatch, tmp_path):
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing_token"))
     with pytest.raises(SystemExit, match="missing_token does not exist"):
-        submit.main(["pipeline", "--config", "configs/tiny.yaml"])
+        submit.main(["pipeline", "--config", "tiny"])

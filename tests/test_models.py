@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from vwe.config import Config, ModelConfig
 from vwe.errors import ConfigError, DataError
 from vwe.losses import classifier_loss
+from vwe.models.weights import check_weights
 from vwe.models import (
     VARIANTS,
     FrozenBatchNorm2d,
@@ -334,17 +335,15 @@ def test_param_groups_cover_trainable_parameters_once(variant: str) -> None:
     assert {id(p) for p in new} == {id(named[n]) for n in expected_new}
 
 
-def test_build_classifier_reads_config_and_rejects_bad_values() -> None:
+def test_build_classifier_reads_config_and_the_loader_rejects_bad_values() -> None:
     cfg = Config()
     cfg.model.backbone = "resnet-tiny"
     cfg.data.num_classes = 7
     assert build_classifier(cfg).classifier.out_channels == 7
     assert build_classifier(cfg.model).classifier.out_channels == 20
     for key, value in [("variant", "vwe++"), ("backbone", "resnet18"), ("num_words", 0), ("hspp_levels", [])]:
-        bad = ModelConfig(backbone="resnet-tiny")
-        setattr(bad, key, value)
         with pytest.raises(ConfigError, match=f"model.{key}"):
-            build_classifier(bad)
+            Config.from_dict({"model": {"backbone": "resnet-tiny", key: value}})
 
 
 # --- weights ---
@@ -417,7 +416,7 @@ def test_loading_refuses_pickled_objects(tmp_path: Path) -> None:
 
 def test_missing_file_names_the_config_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="model.pretrained"):
-        load_backbone(build_backbone("resnet-tiny"), str(tmp_path / "nope.pth"))
+        check_weights(str(tmp_path / "nope.pth"), key="model.pretrained")
 
 
 def test_url_loads_from_the_hub_cache_and_offline_download_fails_clearly(

@@ -30,8 +30,8 @@ from vwe.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-# configs/tiny.yaml at half its size: 48 training images, 6 steps per epoch; 2 training workers, one per node
-TINY = ["--config", "configs/tiny.yaml", "--set", "synth.splits={train_aug: 48, train: 16, val: 16, test: 0}",
+# the packaged tiny config at half its size: 48 training images, 6 steps per epoch; 2 training workers, one per node
+TINY = ["--config", "tiny", "--set", "synth.splits={train_aug: 48, train: 16, val: 16, test: 0}",
         "ray.num_workers=2", "ray.placement_strategy=STRICT_SPREAD"]
 CLUSTER_ENV = {
     "RAY_AUTH_MODE": "disabled",

@@ -15,7 +15,7 @@ STAGES = ["data", "train_cam", "make_cam", "eval_cam", "make_pseudo", "train_seg
 @pytest.fixture(scope="module")
 def run_dir(ray_local, tmp_path_factory):
     out = tmp_path_factory.mktemp("pipeline")
-    assert main(["run", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(out)]) == 0
+    assert main(["run", "--config", "tiny", "--out", str(out)]) == 0
     return out
 
 
@@ -40,7 +40,7 @@ def test_every_stage_wrote_its_outputs(run_dir):
 
 
 def test_second_run_skips_everything(run_dir, capsys):
-    assert main(["run", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(run_dir)]) == 0
+    assert main(["run", "--config", "tiny", "--out", str(run_dir)]) == 0
     assert not any(stage_runs(run_dir).values())
     out = capsys.readouterr().out
     assert "results (mIoU %)" in out and "final model" in out and f"report: {run_dir}" in out
@@ -49,8 +49,24 @@ def test_second_run_skips_everything(run_dir, capsys):
 def test_deleting_one_stage_reruns_it_and_the_later_ones(run_dir):
     model_stamp = (run_dir / "classifier" / "model.pth").stat().st_mtime_ns
     shutil.rmtree(run_dir / "pseudo_labels")
-    assert main(["run", "--config", str(REPO / "configs" / "tiny.yaml"), "--out", str(run_dir)]) == 0
+    assert main(["run", "--config", "tiny", "--out", str(run_dir)]) == 0
     ran = stage_runs(run_dir)
     assert [s for s in STAGES if ran[s]] == STAGES[STAGES.index("make_pseudo"):]
     assert (run_dir / "classifier" / "model.pth").stat().st_mtime_ns == model_stamp
     assert len(list((run_dir / "pseudo_labels").glob("*.png"))) == 96
+
+
+def test_a_changed_config_field_reruns_its_stage_and_the_later_ones(run_dir, caplog):
+    model_stamp = (run_dir / "classifier" / "model.pth").stat().st_mtime_ns
+    recorded = json.loads((run_dir / "stages.json").read_text())["make_cam"]["fingerprint"]
+    assert recorded["cam.scales"] == [1.0, 0.5]
+    with caplog.at_level("INFO", logger="vwe.pipeline"):
+        assert main(["run", "--config", "tiny", "--out", str(run_dir), "--set", "cam.scales=[1.0]"]) == 0
+    ran = stage_runs(run_dir)
+    assert [s for s in STAGES if ran[s]] == STAGES[STAGES.index("make_cam"):]
+    assert "stage make_cam: cam.scales changed since its outputs were made: running it again" in caplog.text
+    assert (run_dir / "classifier" / "model.pth").stat().st_mtime_ns == model_stamp
+    assert json.loads((run_dir / "stages.json").read_text())["make_cam"]["fingerprint"]["cam.scales"] == [1.0]
+    # the same config again: nothing is stale any more
+    assert main(["run", "--config", "tiny", "--out", str(run_dir), "--set", "cam.scales=[1.0]"]) == 0
+    assert not any(stage_runs(run_dir).values())

@@ -23,12 +23,12 @@ from vwe.data.synth import generate
 from vwe.data.voc import VOCDataset, read_image, read_mask, write_mask
 from vwe.io import write_json
 from vwe.models import build_classifier
-from vwe.report import build_report, example_cells, example_columns, find_segmentation, load_run, visual_word_patches
-from vwe.stages import eval_seg, evaluate
-from vwe.stages.evaluate import cam_sweep, gt_mask, sweep_summary, write_report
-from vwe.stages.make_cams import cam_path
-from vwe.stages.make_pseudo_labels import label_path
-from vwe.stages.train_classifier import export_model, load_trained_classifier
+from vwe.report import build_report, example_cells, example_columns, load_run, visual_word_patches
+from vwe import evaluation
+from vwe.evaluation import cam_sweep, gt_mask, sweep_summary, write_report
+from vwe.run_folder import RunFolder
+from vwe.checkpoint import export_model
+from vwe.stages.train_cam import load_trained_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -67,7 +67,7 @@ def words_run(tmp_path_factory) -> Path:
     """A run folder as `vwe run` leaves it after the pseudo labels, made directly: a random-init vwe+hspp classifier,
     its CAMs, threshold pseudo labels, the CAM sweep and pseudo-label scores, and stage records."""
     out = tmp_path_factory.mktemp("run")
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"out_dir={out}", "model.variant=vwe+hspp"]).resolved()
+    cfg = load_config("tiny", [f"out_dir={out}", "model.variant=vwe+hspp"]).resolved()
     generate(cfg.data.root, {"train_aug": 8, "train": 8, "val": 2, "test": 1}, 48, 64, seed=0)
     cfg.dump(out / "config.yaml")
     torch.manual_seed(0)
@@ -77,15 +77,16 @@ def words_run(tmp_path_factory) -> Path:
     labels = voc.image_labels()
     for image_id in voc.split_ids("train_aug"):
         result = multiscale_cam(model, read_image(voc.image_path(image_id)), labels[image_id], cfg.cam.scales)
-        save_cam(cam_path(out, image_id), result)
-        write_mask(label_path(out, image_id), cam_to_label(result.high_res, result.keys, cfg.cam.bg_threshold))
+        save_cam(RunFolder(out).cam(image_id), result)
+        write_mask(RunFolder(out).pseudo_label(image_id),
+                   cam_to_label(result.high_res, result.keys, cfg.cam.background_score))
     train = voc.split_ids("train")
-    sweep = sum(cam_sweep(cam_path(out, i), gt_mask(voc, i), cfg.cam.sweep) for i in train)
+    sweep = sum(cam_sweep(RunFolder(out).cam(i), gt_mask(voc, i), cfg.cam.sweep) for i in train)
     write_report(out / "eval_cam", "train", {"split": "train", **sweep_summary(sweep, cfg.cam.sweep)})
-    matrix = sum(eval_seg.image_confusion(label_path(out, i), voc.mask_path(i), 21, unsure_as_background=True)
+    matrix = sum(evaluation.image_confusion(RunFolder(out).pseudo_label(i), voc.mask_path(i), 21,
+                                            unsure_as_background=True)
                  for i in train)
-    evaluate.write_report(out / "eval_labels", "pseudo_train",
-                          {"split": "train", **eval_seg.summarize(matrix, eval_seg.class_names(20))})
+    write_report(out / "eval_labels", "pseudo_train", {"split": "train", **evaluation.summarize(matrix)})
     write_json(out / "stages.json", STAGES)
     build_report(out, num_examples=3, num_words=4, patches_per_word=3, word_images=6)
     return out
@@ -121,7 +122,7 @@ def test_numbers_and_tables_match_the_run_files(words_run):
     pseudo = json.loads((words_run / "eval_labels" / "pseudo_train.json").read_text())
     assert cell(page, "headline-cam") == f"{100 * cam['best_miou']:.1f}"
     assert cell(page, "headline-pseudo") == f"{100 * pseudo['miou']:.1f}"
-    at = cam["miou"][cam["thresholds"].index(0.14)]  # tiny.yaml keeps the default cam.bg_threshold
+    at = cam["miou"][cam["thresholds"].index(0.14)]  # tiny.yaml keeps the default cam.background_score
     assert cell(page, "headline-cam-configured") == f"{100 * at:.1f}"
     # all background: IoU(background) = background pixels / valid pixels, every other present class 0
     voc = VOCDataset(words_run / "data" / "VOC2012")
@@ -155,15 +156,11 @@ def test_example_columns_follow_what_the_run_holds(words_run, tmp_path):
     shutil.copytree(words_run, copy)
     predictions = _mkdir(copy / "predictions" / "train")
     for image_id in voc.split_ids("train"):
-        shutil.copy(label_path(copy, image_id), predictions / f"{image_id}.png")
+        shutil.copy(RunFolder(copy).pseudo_label(image_id), predictions / f"{image_id}.png")
     write_json(copy / "eval_seg" / "train.json", {"split": "train", "crf": False, "miou": 0.5,
                                                   "iou": {"background": 0.75, "cat": 0.25},
                                                   "predictions": str(predictions)})
-    (_mkdir(copy / "seg_predictions_extra") / f"{ids[0]}.png").write_bytes(label_path(copy, ids[0]).read_bytes())
-    found = find_segmentation(copy, "val")
-    assert [(s.name, s.split, s.predictions) for s in found] == [
-        ("train", "train", predictions),
-        ("seg_predictions_extra", "val", copy / "seg_predictions_extra")]
+    assert [(s.name, s.split, s.predictions) for s in load_run(copy).segmentation] == [("train", "train", predictions)]
     build_report(copy, num_examples=2, num_words=2, patches_per_word=2, word_images=4)
     page = (copy / "report.html").read_text()
     assert cell(page, "headline-seg-train") == "50.0"

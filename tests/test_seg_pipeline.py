@@ -22,9 +22,11 @@ from vwe.data.voc import VOCDataset, palette, read_image, read_mask, write_mask
 from vwe.errors import DataError
 from vwe.metrics import ConfusionMatrix
 from vwe.models.deeplab import build_deeplab
-from vwe.ray.segmentation import run_eval_seg, run_infer_seg
 from vwe.ray.train import checkpoint_dirs, fit
-from vwe.stages import infer_seg, train_deeplab
+from vwe.run_folder import RunFolder
+from vwe.stages import infer_seg, train_seg
+from vwe.stages.eval_seg import evaluate_predictions
+from vwe.stages.infer_seg import predict_split
 from vwe.stages.export_voc import SERVER_DIR
 
 CLASSES = 4  # the first 4 VOC classes: 5 outputs with background
@@ -76,7 +78,7 @@ def trained(data, tmp_path_factory, one_thread) -> tuple[Config, dict]:
     """200 steps from random init in this process (LocalSession); the model is exported to <out>/deeplab."""
     out = tmp_path_factory.mktemp("trained")
     cfg = seg_config(data, out).resolved()
-    result = train_deeplab.train(cfg, LocalSession(out / "checkpoints"))
+    result = train_seg.train(cfg, LocalSession(out / "checkpoints"))
     return cfg, result
 
 
@@ -86,7 +88,7 @@ def test_training_on_pseudo_labels_lowers_the_loss_and_beats_an_untrained_model(
     losses = [report["loss"] for report in result["history"]]
     assert np.mean(losses[-5:]) < 0.5 * np.mean(losses[:2]), losses
 
-    model, exported_cfg = train_deeplab.load_trained_deeplab(Path(cfg.out_dir) / "deeplab")
+    model, exported_cfg = train_seg.load_trained_deeplab(Path(cfg.out_dir) / "deeplab")
     assert exported_cfg.seg.backbone == "resnet-tiny"
     torch.manual_seed(0)
     untrained = val_miou(build_deeplab(cfg.seg, CLASSES + 1), cfg)
@@ -104,11 +106,11 @@ def test_training_on_pseudo_labels_lowers_the_loss_and_beats_an_untrained_model(
 
 def test_resumed_training_ends_with_the_same_weights(data, tmp_path, one_thread) -> None:
     overrides = ("seg.iterations=6", "seg.checkpoint_every=3", "seg.batch_size=4")
-    straight = train_deeplab.train(seg_config(data, tmp_path / "a", *overrides).resolved(),
+    straight = train_seg.train(seg_config(data, tmp_path / "a", *overrides).resolved(),
                                    LocalSession(tmp_path / "a" / "checkpoints"))
-    first = train_deeplab.train(seg_config(data, tmp_path / "b", *overrides, "seg.max_steps=3").resolved(),
+    first = train_seg.train(seg_config(data, tmp_path / "b", *overrides, "seg.max_steps=3").resolved(),
                                 LocalSession(tmp_path / "b" / "checkpoints"))
-    resumed = train_deeplab.train(seg_config(data, tmp_path / "b", *overrides).resolved(),
+    resumed = train_seg.train(seg_config(data, tmp_path / "b", *overrides).resolved(),
                                   LocalSession(tmp_path / "b" / "checkpoints"))
     assert (straight["step"], first["step"], resumed["step"], resumed["resumed_from"]) == (6, 3, 6, 3)
     a = torch.load(tmp_path / "a" / "deeplab" / "model.pth", weights_only=True)
@@ -118,7 +120,7 @@ def test_resumed_training_ends_with_the_same_weights(data, tmp_path, one_thread)
 
 def test_ray_train_runs_the_stage_and_exports(ray_local, data, tmp_path) -> None:
     cfg = seg_config(data, tmp_path, "seg.iterations=4", "seg.checkpoint_every=2", "seg.log_every=2")
-    result = fit("train_seg", cfg)
+    result = fit(cfg, train_seg.NAME, train_seg.train)
     assert result["step"] == 4 and len(result["history"]) == 2
     checkpoints = checkpoint_dirs(tmp_path / "ray" / "train_seg")
     state = torch.load(checkpoints[-1] / "state.pt", weights_only=True)
@@ -129,13 +131,13 @@ def test_ray_train_runs_the_stage_and_exports(ray_local, data, tmp_path) -> None
 
 def test_infer_seg_writes_palette_pngs_equal_to_direct_prediction_and_resumes(ray_local, trained) -> None:
     cfg, _ = trained
-    summary = run_infer_seg(cfg, "val")
+    summary = predict_split(cfg, "val")
     voc = VOCDataset(cfg.data.root)
     ids = voc.split_ids("val")
     assert summary["processed"] == len(ids) and summary["bad"] == 0 and not summary["crf"]
-    model, _ = train_deeplab.load_trained_deeplab(Path(cfg.out_dir) / "deeplab")
+    model, _ = train_seg.load_trained_deeplab(Path(cfg.out_dir) / "deeplab")
     for image_id in ids:
-        path = infer_seg.prediction_path(cfg.out_dir, "val", False, image_id)
+        path = RunFolder(cfg.out_dir).prediction("val", False, image_id)
         with Image.open(path) as png:
             assert png.mode == "P" and png.getpalette()[:3 * 21] == palette()[:3 * 21]
         image = read_image(voc.image_path(image_id))
@@ -143,13 +145,13 @@ def test_infer_seg_writes_palette_pngs_equal_to_direct_prediction_and_resumes(ra
 
     deleted, kept = ids[::2], ids[1::2]
     for image_id in deleted:
-        infer_seg.prediction_path(cfg.out_dir, "val", False, image_id).unlink()
-    stamps = {i: infer_seg.prediction_path(cfg.out_dir, "val", False, i).stat().st_mtime_ns for i in kept}
-    again = run_infer_seg(cfg, "val")
+        RunFolder(cfg.out_dir).prediction("val", False, image_id).unlink()
+    stamps = {i: RunFolder(cfg.out_dir).prediction("val", False, i).stat().st_mtime_ns for i in kept}
+    again = predict_split(cfg, "val")
     assert again["processed"] == len(deleted) and again["already_done"] == len(kept)
-    assert all(infer_seg.prediction_path(cfg.out_dir, "val", False, i).stat().st_mtime_ns == t
+    assert all(RunFolder(cfg.out_dir).prediction("val", False, i).stat().st_mtime_ns == t
                for i, t in stamps.items())
-    assert all(infer_seg.prediction_path(cfg.out_dir, "val", False, i).is_file() for i in deleted)
+    assert all(RunFolder(cfg.out_dir).prediction("val", False, i).is_file() for i in deleted)
 
 
 def test_unreadable_image_is_reported_by_id_and_file(ray_local, trained) -> None:
@@ -159,9 +161,9 @@ def test_unreadable_image_is_reported_by_id_and_file(ray_local, trained) -> None
     (root / "JPEGImages" / "2101_999999.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (root / "ImageSets" / "Segmentation" / "with_bad.txt").write_text("\n".join([*good, "2101_999999"]) + "\n")
     # the failing run without data.skip_bad is `vwe.ray.data._finish`, shared with make-cam and tested there
-    summary = run_infer_seg(cfg.with_overrides({"data.skip_bad": True}), "with_bad")
+    summary = predict_split(cfg.with_overrides({"data.skip_bad": True}), "with_bad")
     assert (summary["bad"], summary["processed"]) == (1, 2)
-    assert all(infer_seg.prediction_path(cfg.out_dir, "with_bad", False, i).is_file() for i in good)
+    assert all(RunFolder(cfg.out_dir).prediction("with_bad", False, i).is_file() for i in good)
     rows = {row["id"]: row for row in pq.read_table(summary["manifest"]).to_pylist()}
     assert str(root / "JPEGImages" / "2101_999999.jpg") in rows["2101_999999"]["error"]
     assert not rows[good[0]]["error"] and rows[good[0]]["height"] == 48
@@ -172,19 +174,19 @@ def test_infer_seg_with_crf_and_eval_seg_match_direct_computation(ray_local, tra
     voc = VOCDataset(cfg.data.root)
     ids = voc.split_ids("val")[:6]
     (Path(cfg.data.root) / "ImageSets" / "Segmentation" / "val6.txt").write_text("\n".join(ids) + "\n")
-    assert run_infer_seg(cfg, "val6", crf=True)["processed"] == len(ids)
-    model, _ = train_deeplab.load_trained_deeplab(Path(cfg.out_dir) / "deeplab")
+    assert predict_split(cfg, "val6", crf=True)["processed"] == len(ids)
+    model, _ = train_seg.load_trained_deeplab(Path(cfg.out_dir) / "deeplab")
     expected = ConfusionMatrix(CLASSES + 1)
     differs = 0
     for image_id in ids:
         image = read_image(voc.image_path(image_id))
         direct = infer_seg.predict(model, image, cfg.seg, crf=True)
-        np.testing.assert_array_equal(read_mask(infer_seg.prediction_path(cfg.out_dir, "val6", True, image_id)), direct)
+        np.testing.assert_array_equal(read_mask(RunFolder(cfg.out_dir).prediction("val6", True, image_id)), direct)
         differs += int((direct != infer_seg.predict(model, image, cfg.seg)).any())
         expected.update(read_mask(voc.mask_path(image_id)), direct)
     assert differs > 0  # the CRF did something
 
-    summary = run_eval_seg(cfg, "val6", crf=True)
+    summary = evaluate_predictions(cfg, "val6", crf=True)
     assert summary["images"] == len(ids)
     np.testing.assert_array_equal(np.array(summary["confusion"]), expected.matrix)
     assert summary["miou"] == pytest.approx(expected.compute().miou)
@@ -214,12 +216,12 @@ def test_eval_seg_equals_a_hand_computed_case(ray_local, tmp_path, capsys) -> No
 
     (preds / "b.png").unlink()
     with pytest.raises(DataError, match="b.png"):
-        run_eval_seg(load_config(None, settings), "val", pred_dir=preds)
+        evaluate_predictions(load_config(None, settings), "val", pred_dir=preds)
 
 
 def test_export_voc_packs_every_test_id_in_the_server_layout(ray_local, trained, tmp_path, capsys) -> None:
     cfg, _ = trained
-    run_infer_seg(cfg, "test")
+    predict_split(cfg, "test")
     voc = VOCDataset(cfg.data.root)
     test_ids = voc.split_ids("test")
     config = tmp_path / "cfg.yaml"
@@ -235,11 +237,11 @@ def test_export_voc_packs_every_test_id_in_the_server_layout(ray_local, trained,
         for member in members:
             image_id = Path(member.name).stem
             data = tar.extractfile(member).read()
-            assert data == infer_seg.prediction_path(cfg.out_dir, "test", False, image_id).read_bytes()
+            assert data == RunFolder(cfg.out_dir).prediction("test", False, image_id).read_bytes()
             with Image.open(tar.extractfile(member)) as png:
                 assert png.mode == "P" and png.getpalette()[:63] == palette()[:63]
                 assert png.size == Image.open(voc.image_path(image_id)).size
 
-    infer_seg.prediction_path(cfg.out_dir, "test", False, test_ids[2]).unlink()
+    RunFolder(cfg.out_dir).prediction("test", False, test_ids[2]).unlink()
     assert main(["export-voc", "--config", str(config)]) == 2
     assert f"{test_ids[2]}.png" in capsys.readouterr().err

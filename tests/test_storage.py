@@ -24,9 +24,11 @@ from vwe.errors import ConfigError, DataError
 from vwe.io import atomic_path, update_manifest, write_json
 from vwe.models import build_classifier
 from vwe.models.deeplab import build_deeplab
-from vwe.stages.make_cams import cam_path
-from vwe.stages.make_pseudo_labels import label_is_complete, label_path, make_labels
-from vwe.stages.train_classifier import export_model, load_trained_classifier
+from vwe.run_folder import RunFolder
+from vwe.data.voc import label_is_complete
+from vwe.stages.make_pseudo import label_batch
+from vwe.checkpoint import export_model
+from vwe.stages.train_cam import load_trained_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 BUCKET = "vwe-test"
@@ -126,7 +128,7 @@ def test_local_copy_and_upload(root, tmp_path):
 
 
 def test_cam_and_pseudo_label_round_trip(root, tmp_path):
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"out_dir={root}", f"data.root={tmp_path / 'VOC2012'}",
+    cfg = load_config("tiny", [f"out_dir={root}", f"data.root={tmp_path / 'VOC2012'}",
                                                        "pseudo.method=threshold"]).resolved()
     assert cfg.out_dir == str(root if storage.is_uri(root) else Path(root).resolve())
     generate(cfg.data.root, {"train_aug": 2, "train": 2}, 24, 32, num_classes=20, seed=1)
@@ -136,7 +138,7 @@ def test_cam_and_pseudo_label_round_trip(root, tmp_path):
     rng = np.random.default_rng(0)
     high_res = rng.random((len(keys), 24, 32), dtype=np.float32)
     saved = CamResult(keys, high_res[:, ::4, ::4].copy(), high_res)
-    path = cam_path(cfg.out_dir, image_id)
+    path = RunFolder(cfg.out_dir).cam(image_id)
     assert not cam_is_complete(path)
     save_cam(path, saved, np.float32)
     assert cam_is_complete(path)
@@ -144,25 +146,26 @@ def test_cam_and_pseudo_label_round_trip(root, tmp_path):
     np.testing.assert_array_equal(loaded.keys, keys)
     np.testing.assert_array_equal(loaded.high_res, high_res)
 
-    storage.write_bytes(cam_path(cfg.out_dir, "halfway"), storage.read_bytes(path)[:200])
-    storage.write_bytes(cam_path(cfg.out_dir, "stub"), b"PK")
-    assert not cam_is_complete(cam_path(cfg.out_dir, "halfway")) and not cam_is_complete(cam_path(cfg.out_dir, "stub"))
+    storage.write_bytes(RunFolder(cfg.out_dir).cam("halfway"), storage.read_bytes(path)[:200])
+    storage.write_bytes(RunFolder(cfg.out_dir).cam("stub"), b"PK")
+    run = RunFolder(cfg.out_dir)
+    assert not cam_is_complete(run.cam("halfway")) and not cam_is_complete(run.cam("stub"))
 
     # the CRF task body of make-pseudo: CAM from the run folder, image from data.root, label PNG to the run folder
-    rows = make_labels({"id": np.array([image_id], object), "path": np.array([str(voc.image_path(image_id))], object)},
-                       cfg.to_dict())
+    rows = label_batch({"id": np.array([image_id], object), "path": np.array([str(voc.image_path(image_id))], object)},
+                       cfg)
     assert rows["error"].tolist() == [""]
-    label_file = label_path(cfg.out_dir, image_id)
+    label_file = RunFolder(cfg.out_dir).pseudo_label(image_id)
     assert label_is_complete(label_file)
     label = read_mask(label_file)
     assert label.shape == read_image(voc.image_path(image_id)).shape[:2]
     assert set(np.unique(label)) <= {0, *(keys + 1)}
-    storage.write_bytes(label_path(cfg.out_dir, "halfway"), storage.read_bytes(label_file)[:-6])
-    storage.write_bytes(label_path(cfg.out_dir, "stub"), b"\x89PNG")
-    assert not label_is_complete(label_path(cfg.out_dir, "halfway"))
-    assert not label_is_complete(label_path(cfg.out_dir, "stub"))
-    write_mask(label_path(cfg.out_dir, "copy"), label)
-    np.testing.assert_array_equal(read_mask(label_path(cfg.out_dir, "copy")), label)
+    storage.write_bytes(RunFolder(cfg.out_dir).pseudo_label("halfway"), storage.read_bytes(label_file)[:-6])
+    storage.write_bytes(RunFolder(cfg.out_dir).pseudo_label("stub"), b"\x89PNG")
+    assert not label_is_complete(RunFolder(cfg.out_dir).pseudo_label("halfway"))
+    assert not label_is_complete(RunFolder(cfg.out_dir).pseudo_label("stub"))
+    write_mask(RunFolder(cfg.out_dir).pseudo_label("copy"), label)
+    np.testing.assert_array_equal(read_mask(RunFolder(cfg.out_dir).pseudo_label("copy")), label)
 
 
 def test_manifest_merges_rows(root):
@@ -175,7 +178,7 @@ def test_manifest_merges_rows(root):
 
 
 def test_exported_classifier_round_trip(root):
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"out_dir={root}"])
+    cfg = load_config("tiny", [f"out_dir={root}"])
     torch.manual_seed(0)
     model = build_classifier(cfg)
     weights = export_model(model, cfg, storage.join(root, "classifier"))
@@ -225,7 +228,7 @@ def test_a_dataset_root_in_an_object_store_reads_like_the_local_one(s3_bucket, s
         SegmentationDataset(s3_voc, "train", f"{s3_voc}/JPEGImages")
 
     # the data stage of `vwe run` checks every file of the bucket's copy
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"out_dir={tmp_path / 'run'}", f"data.root={s3_voc}",
+    cfg = load_config("tiny", [f"out_dir={tmp_path / 'run'}", f"data.root={s3_voc}",
                                                        "synth.enabled=false"])
     assert cfg.resolved().data.root == s3_voc
     assert run(cfg, until="data")["data"]["result"]["counts"] == local.check().counts
@@ -239,7 +242,7 @@ def test_the_whole_pipeline_runs_in_an_object_store(ray_s3, s3_bucket, synth_roo
     from vwe.pipeline import STAGES, run
 
     out = f"{s3_bucket}/pipeline-{uuid.uuid4().hex[:8]}"
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"out_dir={out}", f"data.root={synth_root}",
+    cfg = load_config("tiny", [f"out_dir={out}", f"data.root={synth_root}",
                                                        "synth.enabled=false"])
     first = run(cfg)
     assert list(first) == [stage.name for stage in STAGES] and not any(r["skipped"] for r in first.values())

@@ -5,13 +5,14 @@ import pytest
 import torch
 
 from vwe.config import load_config
-from vwe.ray.train import checkpoint_dirs, fit_classifier
+from vwe.ray.train import checkpoint_dirs
+from vwe.stages.train_cam import train_classifier as fit_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny_config(synth_root: Path, out: Path, *overrides: str):
-    return load_config(REPO / "configs" / "tiny.yaml", [f"data.root={synth_root}", f"out_dir={out}",
+    return load_config("tiny", [f"data.root={synth_root}", f"out_dir={out}",
                                                         "ray.num_workers=2", *overrides])
 
 

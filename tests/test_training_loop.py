@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vwe.checkpoint import LocalSession
-from vwe.stages import training
+from vwe import training
 
 
 class Points(Dataset):

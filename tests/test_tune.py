@@ -34,7 +34,7 @@ SWEEP_TIMEOUT_S = 300
 
 def test_asha_is_refused_without_the_state_api(ray_local, tmp_path):
     """A Ray without the dashboard could not free a stopped trial's workers: the sweep must not start."""
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"out_dir={tmp_path}", *BASE])
+    cfg = load_config("tiny", [f"out_dir={tmp_path}", *BASE])
     with pytest.raises(ConfigError, match="State API"):
         run_sweep(cfg, SPACE)
     assert not (tmp_path / "sweeps").exists()
@@ -62,7 +62,7 @@ def ray_dashboard():
 
 def sweep_command(out: Path, address: str, *extra: str) -> list[str]:
     # one trial at a time: ASHA sees the trials in grid order, so which ones it stops does not depend on timing
-    return [sys.executable, str(REPO / "tune" / "sweep.py"), "--config", str(REPO / "configs" / "tiny.yaml"),
+    return [sys.executable, str(REPO / "tune" / "sweep.py"), "--config", "tiny",
             "--space", str(SPACE), "--set", f"out_dir={out}", *BASE, "--address", address, "--max-concurrent", "1",
             *extra]
 
@@ -167,7 +167,7 @@ def test_heatmap_and_best_config(sweep):
 
 
 def test_space_file_errors_name_the_key(tmp_path):
-    base = load_config(REPO / "configs" / "tiny.yaml")
+    base = load_config("tiny")
     cases = {
         "params: {model.num_wrds: [1, 2]}": "model.num_wrds",
         "params: {model.num_words: [16, big]}": "model.num_words",
@@ -184,7 +184,7 @@ def test_space_file_errors_name_the_key(tmp_path):
 
 
 def test_voc_space_is_valid():
-    base = load_config(REPO / "configs" / "voc.yaml")
+    base = load_config("voc")
     space = load_space(REPO / "tune" / "space_voc.yaml", base)
     assert space.params["model.num_words"] == [64, 128, 256, 512]
     assert space.params["model.hspp_gamma"] == [0, 1, 2, 4, 8]
@@ -204,10 +204,10 @@ def one_thread():
 
 def test_epoch_eval_reports_the_cam_miou_of_the_model_at_each_epoch_end(synth_root, tmp_path, one_thread):
     from vwe.checkpoint import LocalSession
-    from vwe.stages import evaluate
-    from vwe.stages.train_classifier import load_trained_classifier, train
+    from vwe import evaluation
+    from vwe.stages.train_cam import load_trained_classifier, train
 
-    cfg = load_config(REPO / "configs" / "tiny.yaml", [f"data.root={synth_root}", f"out_dir={tmp_path}",
+    cfg = load_config("tiny", [f"data.root={synth_root}", f"out_dir={tmp_path}",
                                                        "train.eval_images=4"])
     session = LocalSession(tmp_path / "checkpoints")
     train(cfg, session)
@@ -217,6 +217,6 @@ def test_epoch_eval_reports_the_cam_miou_of_the_model_at_each_epoch_end(synth_ro
     assert all(0 <= r["cam_miou"] <= 1 and r["cam_threshold"] in cfg.cam.sweep for r in evaluated)
     # the last one is the final model's (recomputed from the exported weights)
     model, _ = load_trained_classifier(tmp_path / "classifier")
-    again = evaluate.model_cam_sweep(model, synth_root, cfg.data.cam_split, cfg.cam.sweep, num_images=4,
-                                     scales=cfg.cam.scales, batch_size=cfg.cam.batch_size)
+    again = evaluation.model_cam_sweep(model, synth_root, cfg.data.cam_split, cfg.cam.sweep, num_images=4,
+                                       scales=cfg.cam.scales, batch_size=cfg.cam.batch_size)
     assert again["images"] == 4 and again["best_miou"] == pytest.approx(evaluated[-1]["cam_miou"], abs=1e-9)

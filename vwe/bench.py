@@ -14,8 +14,8 @@ from vwe.config import Config
 from vwe.data.datasets import ClassificationDataset
 from vwe.data.synth import generate
 from vwe.models import build_classifier
-from vwe.stages.train_classifier import build_optimizer, train_step
-from vwe.stages.training import EpochBatchSampler
+from vwe.stages.train_cam import build_optimizer, train_step
+from vwe.training import EpochBatchSampler
 
 log = logging.getLogger(__name__)
 
@@ -93,16 +93,6 @@ def _repeat(batch: dict[str, torch.Tensor]):
 def _cycle(loader: DataLoader):
     while True:
         yield from loader
-
-
-def print_table(rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    columns = list(rows[0])
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
-    print("  ".join(c.ljust(widths[c]) for c in columns))
-    for row in rows:
-        print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
 
 
 def bench_cam(backbones: list[str] | None = None, images: int | None = None, height: int = 375, width: int = 500,

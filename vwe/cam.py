@@ -22,7 +22,7 @@ from torch import nn
 
 from vwe import storage
 from vwe.data.transforms import InferenceTransform, Normalize
-from vwe.errors import ConfigError, DataError
+from vwe.errors import DataError
 from vwe.io import atomic_path
 
 DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
@@ -299,14 +299,33 @@ def load_cam(path: str | Path) -> CamResult:
     return CamResult(keys.astype(np.int64), cam, high_res)
 
 
-def cam_is_complete(path: str | Path) -> bool:
-    """True when `path` is a whole CAM file (readable zip directory with all three arrays); cheap, reads no data."""
+def cam_is_complete(path: str | Path, image_size: tuple[int, int] | None = None,
+                    keys: np.ndarray | None = None) -> bool:
+    """True when `path` is a whole CAM file that later stages can read: all three arrays, shapes consistent with
+    each other and, when given, with the image's H x W `image_size` and its class `keys`. Reads only the array
+    headers and the (small) keys, not the maps."""
     try:
         with storage.open_input(path) as f, zipfile.ZipFile(f) as archive:
-            names = set(archive.namelist())
-    except (OSError, zipfile.BadZipFile):
+            shapes = {}
+            for name in _CAM_ARRAYS:
+                with archive.open(f"{name}.npy") as member:
+                    major, _ = np.lib.format.read_magic(member)
+                    read_header = np.lib.format.read_array_header_1_0 if major == 1 else \
+                        np.lib.format.read_array_header_2_0
+                    shapes[name], _, _ = read_header(member)
+            with archive.open("keys.npy") as member:
+                saved_keys = np.lib.format.read_array(member, allow_pickle=False)
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
         return False
-    return all(f"{name}.npy" in names for name in _CAM_ARRAYS)
+    k = len(saved_keys)
+    if shapes["keys"] != (k,) or len(shapes["high_res"]) != 3 or shapes["high_res"][0] != k:
+        return False
+    size = shapes["high_res"][1:]
+    if shapes["cam"] != (k, *strided_size(*size)):
+        return False
+    if image_size is not None and size != tuple(image_size):
+        return False
+    return keys is None or np.array_equal(saved_keys, keys)
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
@@ -344,7 +363,7 @@ def _model_device(model: nn.Module) -> torch.device:
 
 def _check_scales(scales: Sequence[float]) -> None:
     if not scales or scales[0] != 1.0 or any(s <= 0 for s in scales):
-        raise ConfigError(f"cam.scales must be positive and start with 1.0 (the output size), got {list(scales)}")
+        raise ValueError(f"CAM scales must be positive and start with 1.0 (the output size), got {list(scales)}")
 
 
 def _check_image(image: np.ndarray) -> None:

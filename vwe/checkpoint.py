@@ -13,9 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 from torch import nn
 
+from vwe import storage
 from vwe.errors import DataError
+from vwe.io import atomic_path, write_text
 
 STATE_FILE = "state.pt"
 log = logging.getLogger(__name__)
@@ -59,6 +62,34 @@ def unwrap(model: nn.Module) -> nn.Module:
         if inner is None:
             return model
         model = inner
+
+
+def export_model(model: nn.Module, cfg: Any, directory: str | Path) -> str | Path:
+    """Writes a trained network as `model.pth` (a plain state dict) with the `config.yaml` that made it, in
+    `directory` (a folder or URI); returns the weights path."""
+    weights = storage.join(directory, "model.pth")
+    write_text(storage.join(directory, "config.yaml"), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    with atomic_path(weights) as tmp:
+        torch.save(unwrap(model).state_dict(), tmp)
+    return weights
+
+
+def read_export(directory: str | Path, command: str) -> tuple[dict[str, torch.Tensor], Any]:
+    """The (state dict, Config) of an `export_model` folder. A missing export says to run `vwe <command>`; an
+    unreadable one (a truncated copy, a foreign file) is a DataError naming the file."""
+    from vwe.config import Config
+
+    config_path, weights = storage.join(directory, "config.yaml"), storage.join(directory, "model.pth")
+    if not (storage.is_file(config_path) and storage.is_file(weights)):
+        raise DataError(f"{directory}: no trained model there (model.pth + config.yaml); run `vwe {command}` first")
+    cfg = Config.from_dict(yaml.safe_load(storage.read_text(config_path)), source=str(config_path))
+    try:
+        with storage.local_copy(weights) as local:
+            state = torch.load(local, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated or foreign files raise many types
+        first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise DataError(f"{weights}: not a readable weights file ({first_line}); run `vwe {command}` again") from err
+    return state, cfg
 
 
 class LocalSession:

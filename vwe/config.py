@@ -1,8 +1,11 @@
-"""One typed configuration for the whole pipeline.
+"""One typed configuration for the whole pipeline, checked once when it is loaded.
 
-Every stage reads the same `Config`. It is loaded from YAML (`configs/voc.yaml` reproduces the paper) and
-overridden from the command line with dotted keys (`--set train.batch_size=8`). An unknown key or a value of
-the wrong type is an error that names the key. Defaults are the paper's (METHOD.md §1-§4).
+Every stage reads the same `Config`. It is loaded from YAML (a path, or the name of a config packaged in
+`vwe/configs/`: `voc` reproduces the paper, `synthetic` is the demo, `tiny` the smoke test) and overridden from the
+command line with dotted keys (`--set train.batch_size=8`). Each field's type says what it accepts: `Literal[...]`
+for a choice, `Annotated[..., Range(...)]` for a range; cross-field rules live in `_check_rules`. An unknown key, a
+value of the wrong type or out of range is a ConfigError that names the key, raised before any work starts.
+Defaults are the paper's (METHOD.md §1-§5).
 """
 from __future__ import annotations
 
@@ -10,14 +13,69 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
 from vwe.errors import ConfigError
 from vwe.io import write_text
 from vwe.storage import is_uri
+
+
+@dataclass(frozen=True)
+class Range:
+    """Bounds of a number, or of every item of a list; `low_open` / `high_open` exclude the bound itself."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def check(self, value: float) -> str | None:
+        """None if `value` is inside, else what it should be."""
+        if self.low is not None and (value < self.low or (self.low_open and value == self.low)):
+            return self.text()
+        if self.high is not None and (value > self.high or (self.high_open and value == self.high)):
+            return self.text()
+        return None
+
+    def text(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {_number(self.low)}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {_number(self.high)}"
+        return (f"in {'(' if self.low_open else '['}{_number(self.low)}, {_number(self.high)}"
+                f"{')' if self.high_open else ']'}")
+
+
+def _number(value: float | None) -> str:
+    return f"{value:g}"
+
+
+Positive = Annotated[int, Range(1)]
+NonNegative = Annotated[int, Range(0)]
+PositiveFloat = Annotated[float, Range(0, low_open=True)]
+NonNegativeFloat = Annotated[float, Range(0)]
+Fraction = Annotated[float, Range(0, 1)]  # a score or probability in [0, 1]
+Scales = Annotated[list[float], Range(0, low_open=True)]  # image scales; the rules ask some to start with 1.0
+Backbone = Literal["resnet50", "resnet101", "resnet-tiny"]  # resnet-tiny: small widths, for tests and the demo
+Optimizer = Literal["sgd", "adamw"]  # sgd: the paper; adamw: random-init backbones (the synthetic demo)
+
+
+@dataclass
+class CrfConfig:
+    """A dense CRF (pydensecrf's DenseCRF2D, METHOD §4): Potts Gaussian and bilateral kernels, mean-field steps."""
+
+    enabled: bool = True
+    iterations: Positive = 10
+    gt_prob: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.7  # label unary only (pseudo labels)
+    gaussian_sxy: PositiveFloat = 3.0
+    gaussian_compat: NonNegativeFloat = 3.0
+    bilateral_sxy: PositiveFloat = 50.0
+    bilateral_srgb: PositiveFloat = 5.0
+    bilateral_compat: NonNegativeFloat = 10.0
 
 
 @dataclass
@@ -27,148 +85,158 @@ class DataConfig:
     train_split: str = "train_aug"  # classifier and DeepLab training list, METHOD §1.6
     cam_split: str = "train"  # split whose CAMs are evaluated (paper's CAM table uses VOC train)
     eval_split: str = "val"  # split for the final segmentation mIoU
-    num_classes: int = 20  # foreground classes; label 0 is background, 255 ignore
+    num_classes: Annotated[int, Range(1, 20)] = 20  # foreground classes; label 0 is background, 255 ignore
     skip_bad: bool = False  # record unreadable or inconsistent files in a report and go on, instead of failing
 
 
 @dataclass
 class SynthConfig:
     enabled: bool = False  # generate the synthetic VOC-format benchmark into data.root before the pipeline
-    seed: int = 0
-    num_classes: int = 20  # classes drawn from VOC's names, in VOC order
-    height: int = 375  # image size; VOC's typical 375 x 500
-    width: int = 500
-    splits: dict[str, int] = field(default_factory=lambda: {"train_aug": 2000, "train": 400, "val": 400, "test": 100})
+    seed: NonNegative = 0
+    num_classes: Annotated[int, Range(1, 20)] = 20  # classes drawn from VOC's names, in VOC order
+    height: Annotated[int, Range(16)] = 375  # image size; VOC's typical 375 x 500
+    width: Annotated[int, Range(16)] = 500
+    splits: dict[str, NonNegative] = field(
+        default_factory=lambda: {"train_aug": 2000, "train": 400, "val": 400, "test": 100})
 
 
 @dataclass
 class ModelConfig:
-    variant: str = "vwe+hspp"  # baseline | vwe | hspp | vwe+hspp (v1) | vwl-l | vwl-m, METHOD §1.7
-    backbone: str = "resnet50"  # resnet50 | resnet101 | resnet-tiny (small widths, for tests and the demo)
+    # METHOD §1.7: the v1 ablation rows (baseline | vwe | hspp | vwe+hspp) and the journal's codebooks
+    variant: Literal["baseline", "vwe", "hspp", "vwe+hspp", "vwl-l", "vwl-m"] = "vwe+hspp"
+    backbone: Backbone = "resnet50"
     pretrained: str = ""  # torchvision-format ImageNet checkpoint: a path or a URL; "" = random init
-    num_words: int = 256  # codebook size k
-    hspp_gamma: float = 2.0  # weight of the GAP term in HSPP, METHOD §1.4
-    hspp_levels: list[int] = field(default_factory=lambda: [1, 2, 4])
+    num_words: Positive = 256  # codebook size k
+    hspp_gamma: NonNegativeFloat = 2.0  # weight of the GAP term in HSPP, METHOD §1.4
+    hspp_levels: Annotated[list[int], Range(1)] = field(default_factory=lambda: [1, 2, 4])
     detach_layer2: bool | None = None  # None: by variant (on for v1 and VWL-L, off for VWL-M), METHOD §1.1
-    img_loss_weight: float = 1.0
-    w2i_loss_weight: float = 1.0  # word-to-image loss
-    word_loss_weight: float = 1.0
-    decov_loss_weight: float = 1.0  # VWL-L only
-    memory_momentum: float = 1e-3  # VWL-M codebook EMA rate rho, METHOD §1.7
+    img_loss_weight: NonNegativeFloat = 1.0
+    w2i_loss_weight: NonNegativeFloat = 1.0  # word-to-image loss
+    word_loss_weight: NonNegativeFloat = 1.0
+    decov_loss_weight: NonNegativeFloat = 1.0  # VWL-L only
+    memory_momentum: Annotated[float, Range(0, 1, low_open=True)] = 1e-3  # VWL-M codebook EMA rate rho, METHOD §1.7
 
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 16  # global batch, split across data-parallel workers (METHOD P13)
-    epochs: int = 6
-    lr: float = 0.01  # backbone; new layers get lr * new_layer_lr_mult
-    new_layer_lr_mult: float = 10.0
-    optimizer: str = "sgd"  # sgd (the paper) | adamw (for random-init backbones, e.g. the synthetic demo)
-    momentum: float = 0.9  # SGD; the authors' code ran with an effective 1e-4 (METHOD P1); set 1e-4 to match them
-    weight_decay: float = 1e-4
-    poly_power: float = 0.9
-    crop_size: int = 512
-    resize_long: list[int] = field(default_factory=lambda: [320, 640])  # long side drawn uniformly from this range
+    batch_size: Positive = 16  # global batch, split across data-parallel workers (METHOD P13)
+    epochs: Positive = 6
+    lr: PositiveFloat = 0.01  # backbone; new layers get lr * new_layer_lr_mult
+    new_layer_lr_mult: PositiveFloat = 10.0
+    optimizer: Optimizer = "sgd"
+    # SGD; the authors' code ran with an effective 1e-4 (METHOD P1); set 1e-4 to match them
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
+    weight_decay: NonNegativeFloat = 1e-4
+    poly_power: NonNegativeFloat = 0.9
+    crop_size: Positive = 512
+    resize_long: Annotated[list[int], Range(1)] = field(default_factory=lambda: [320, 640])  # long side, uniform
     flip: bool = True
-    loader_workers: int = 4  # DataLoader processes per training worker
-    seed: int = 1
+    loader_workers: NonNegative = 4  # DataLoader processes per training worker
+    seed: NonNegative = 1
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
     channels_last: bool = True  # GPU only
     compile: bool = False  # torch.compile the model (GPU)
-    log_every: int = 20  # steps between progress lines / host syncs
-    checkpoint_every: int = 200  # steps between checkpoints (plus one at each epoch end)
-    max_steps: int = 0  # > 0 stops early (tests, smoke runs); the LR schedule still spans the full run
-    eval_images: int = 0  # > 0: CAM mIoU (best threshold of cam.sweep) of the first N images of data.cam_split at
-    #                       each epoch end, reported as cam_miou (what `vwe tune`'s ASHA scheduler compares)
+    log_every: Positive = 20  # steps between progress lines / host syncs
+    checkpoint_every: Positive = 200  # steps between checkpoints (plus one at each epoch end)
+    max_steps: NonNegative = 0  # > 0 stops early (tests, smoke runs); the LR schedule still spans the full run
+    eval_images: NonNegative = 0  # > 0: CAM mIoU (best background score of cam.sweep) of the first N images of
+    #                               data.cam_split at each epoch end, reported as cam_miou (what `vwe tune`'s ASHA
+    #                               scheduler compares)
 
 
 @dataclass
 class CamConfig:
-    scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])  # the first must be 1.0, METHOD §2
-    bg_threshold: float = 0.14  # background score for CAM -> label (v1 0.14, VWL 0.13), METHOD D2
-    sweep: list[float] = field(default_factory=lambda: [round(0.05 + 0.01 * i, 2) for i in range(46)])  # 0.05..0.50
-    batch_size: int = 8  # images per inference batch (per actor)
-    dtype: str = "float16"  # storage dtype of saved CAMs
-    num_actors: int = 0  # inference actors; 0 = one per GPU (ray.use_gpu) or one on CPU
+    scales: Scales = field(default_factory=lambda: [1.0, 0.5, 1.5, 2.0])  # the first must be 1.0, METHOD §2
+    background_score: Fraction = 0.14  # the background plane's score for CAM -> label (v1 0.14, VWL 0.13), METHOD D2
+    sweep: Annotated[list[float], Range(0, 1)] = field(
+        default_factory=lambda: [round(0.05 + 0.01 * i, 2) for i in range(46)])  # background scores 0.05..0.50
+    batch_size: Positive = 8  # images per inference batch (per actor)
+    dtype: Literal["float16", "float32"] = "float16"  # storage dtype of saved CAMs
+    num_actors: NonNegative = 0  # inference actors; 0 = one per GPU (ray.use_gpu) or one on CPU
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
 
 
 @dataclass
 class PseudoLabelConfig:
-    method: str = "confident"  # confident: fg/bg thresholds (+ CRF), 255 where they disagree (IRNet, METHOD §3)
-    #                            threshold: CAM argmax at cam.bg_threshold (+ CRF on those labels when crf)
-    fg_threshold: float = 0.30  # confident foreground background-plane score, METHOD §3
-    bg_threshold: float = 0.05  # confident background
-    crf: bool = True
-    crf_iterations: int = 10
-    crf_gt_prob: float = 0.7
-    crf_gaussian_sxy: float = 3.0
-    crf_gaussian_compat: float = 3.0
-    crf_bilateral_sxy: float = 50.0
-    crf_bilateral_srgb: float = 5.0
-    crf_bilateral_compat: float = 10.0
+    # confident: two background scores (+ CRF each), 255 where they disagree (IRNet, METHOD §3) |
+    # threshold: CAM argmax at cam.background_score (+ CRF on those labels when crf.enabled)
+    method: Literal["confident", "threshold"] = "confident"
+    fg_background_score: Fraction = 0.30  # high background score: what beats it is confident foreground, METHOD §3
+    bg_background_score: Fraction = 0.05  # low background score: where nothing beats it is confident background
+    crf: CrfConfig = field(default_factory=CrfConfig)  # IRNet's: Gaussian 3/3, bilateral 50/5/10, unary 0.7
 
 
 @dataclass
 class SegConfig:
-    backbone: str = "resnet101"  # resnet101 | resnet50 | resnet-tiny (tests, demo); output stride 8, METHOD §5
-    init: str = "imagenet"  # imagenet: torchvision ResNet checkpoint, torchvision layout, ImageNet mean/std input |
-    #                         coco: DeepLab's COCO checkpoint (deeplabv1_resnet101-coco.pth, caffe names), caffe
-    #                         layout (stride on the 1x1), BGR input minus the caffe mean, METHOD §5 |
-    #                         classifier: the backbone of a `vwe train-cam` export (not the paper: the synthetic
-    #                         demo's stand-in for ImageNet weights, learnt from the same image labels)
+    backbone: Backbone = "resnet101"  # output stride 8, METHOD §5
+    # imagenet: torchvision ResNet checkpoint, torchvision layout, ImageNet mean/std input |
+    # coco: DeepLab's COCO checkpoint (deeplabv1_resnet101-coco.pth, caffe names), caffe layout (stride on the 1x1),
+    #       BGR input minus the caffe mean, METHOD §5 |
+    # classifier: the backbone of a `vwe train-cam` export (not the paper: the synthetic demo's stand-in for
+    #       ImageNet weights, learnt from the same image labels)
+    init: Literal["imagenet", "coco", "classifier"] = "imagenet"
     pretrained: str = ""  # the `init` checkpoint: a path (or a URL for imagenet); "{out_dir}" expands to out_dir;
     #                       "" = random init (tests only)
     labels_dir: str = ""  # training labels, <id>.png index maps (255 ignored); "" = <out_dir>/pseudo_labels;
     #                       "{out_dir}" expands to out_dir
-    batch_size: int = 10  # global, split over the workers; the authors' 5 x grad-accumulation 2 (METHOD P13)
-    iterations: int = 20000  # optimiser steps; the poly schedule spans them
-    lr: float = 2.5e-4  # backbone conv weights; ASPP weights x aspp_weight_lr_mult, biases x aspp_bias_lr_mult
-    optimizer: str = "sgd"  # sgd (the paper) | adamw (small or random-init networks, e.g. the synthetic demo)
-    aspp_weight_lr_mult: float = 10.0
-    aspp_bias_lr_mult: float = 20.0  # ASPP biases also get no weight decay
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    poly_power: float = 0.9  # lr_t = lr (1 - t/T)^0.9, set every step (the authors every 10)
-    crop_size: int = 321  # square training crop; smaller images are padded bottom/right (image 0, label 255)
-    scales: list[float] = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])  # one drawn per image, P12
+    batch_size: Positive = 10  # global, split over the workers; the authors' 5 x grad-accumulation 2 (METHOD P13)
+    iterations: Positive = 20000  # optimiser steps; the poly schedule spans them
+    lr: PositiveFloat = 2.5e-4  # backbone conv weights; ASPP weights x aspp_weight_lr_mult, biases x aspp_bias_lr_mult
+    optimizer: Optimizer = "sgd"
+    aspp_weight_lr_mult: PositiveFloat = 10.0
+    aspp_bias_lr_mult: PositiveFloat = 20.0  # ASPP biases also get no weight decay
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
+    weight_decay: NonNegativeFloat = 5e-4
+    poly_power: NonNegativeFloat = 0.9  # lr_t = lr (1 - t/T)^0.9, set every step (the authors every 10)
+    crop_size: Positive = 321  # square training crop; smaller images are padded bottom/right (image 0, label 255)
+    scales: Scales = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])  # one drawn per image, P12
     flip: bool = True  # horizontal flip, p = 0.5
-    train_msc_scales: list[float] = field(default_factory=lambda: [0.5, 0.75])  # extra input scales of the MSC loss
-    aspp_rates: list[int] = field(default_factory=lambda: [6, 12, 18, 24])  # dilations of the 4 summed ASPP branches
-    test_scales: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.75])  # first must be 1.0; max fusion, no flip
-    crf: bool = False  # infer-seg / eval-seg / export-voc default: dense CRF on the softmax (the paper's +CRF rows)
-    crf_iterations: int = 10  # deeplab-pytorch's VOC test CRF, METHOD §4
-    crf_gaussian_sxy: float = 1.0
-    crf_gaussian_compat: float = 3.0
-    crf_bilateral_sxy: float = 67.0
-    crf_bilateral_srgb: float = 3.0
-    crf_bilateral_compat: float = 4.0
+    train_msc_scales: Scales = field(default_factory=lambda: [0.5, 0.75])  # extra input scales of the MSC loss
+    aspp_rates: Annotated[list[int], Range(1)] = field(default_factory=lambda: [6, 12, 18, 24])  # 4 summed branches
+    test_scales: Scales = field(default_factory=lambda: [1.0, 0.5, 0.75])  # first must be 1.0; max fusion, no flip
+    # infer-seg / eval-seg / export-voc: dense CRF on the softmax (the paper's +CRF rows), off by default;
+    # deeplab-pytorch's VOC test CRF: Gaussian 1/3, bilateral 67/3/4, 10 iterations, METHOD §4
+    crf: CrfConfig = field(default_factory=lambda: CrfConfig(
+        enabled=False, gaussian_sxy=1.0, gaussian_compat=3.0, bilateral_sxy=67.0, bilateral_srgb=3.0,
+        bilateral_compat=4.0))
     test_split: str = "test"  # split packed by export-voc for the VOC evaluation server
-    num_actors: int = 0  # inference actors; 0 = one per GPU (ray.use_gpu) or one on CPU
-    infer_batch_size: int = 4  # images per inference call; each runs alone at full size (batch 1, METHOD §5)
+    num_actors: NonNegative = 0  # inference actors; 0 = one per GPU (ray.use_gpu) or one on CPU
+    infer_batch_size: Positive = 4  # images per inference call; each runs alone at full size (batch 1, METHOD §5)
     amp: bool = True  # bf16 autocast on GPU (ignored on CPU), training and inference
     channels_last: bool = True  # GPU only
     compile: bool = False  # torch.compile the training model (GPU)
-    loader_workers: int = 4  # DataLoader processes per training worker
-    seed: int = 1
-    log_every: int = 20  # steps between progress lines / host syncs
-    checkpoint_every: int = 1000  # steps between checkpoints (plus one at each epoch end and at the last step)
-    max_steps: int = 0  # > 0 stops early (tests, smoke runs); the LR schedule still spans `iterations`
+    loader_workers: NonNegative = 4  # DataLoader processes per training worker
+    seed: NonNegative = 1
+    log_every: Positive = 20  # steps between progress lines / host syncs
+    checkpoint_every: Positive = 1000  # steps between checkpoints (plus one at each epoch end and at the last step)
+    max_steps: NonNegative = 0  # > 0 stops early (tests, smoke runs); the LR schedule still spans `iterations`
 
 
 @dataclass
 class RayConfig:
     address: str = ""  # "" = a local Ray started in-process (or RAY_ADDRESS when set)
-    num_workers: int = 1  # data-parallel training workers
+    num_workers: Positive = 1  # data-parallel training workers
     use_gpu: bool = False
-    cpus_per_worker: float = 1.0
+    cpus_per_worker: PositiveFloat = 1.0  # also the torch threads of each training worker and inference actor
     storage_path: str = ""  # checkpoints and Ray results, a path every node sees (NFS) or a URI (s3://...);
     #                         "" = <out_dir>/ray
-    max_failures: int = 1  # worker failures tolerated per training run
-    placement_strategy: str = "PACK"  # training workers: PACK (fill a node first) | SPREAD | STRICT_SPREAD (one
-    #                                   per node) | STRICT_PACK, Ray's placement group strategies
+    max_failures: Annotated[int, Range(-1)] = 1  # worker losses tolerated per training run; -1 = no limit
+    # training workers: PACK (fill a node first) | SPREAD | STRICT_SPREAD (one per node) | STRICT_PACK,
+    # Ray's placement group strategies
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     crf_resource: str = ""  # custom resource of the CPU nodes (cluster.yaml: crf_node); set, the CRF tasks of
     #                         make-pseudo run only on nodes that have it; "" = any node with a free CPU
+
+
+# Keys renamed since earlier versions: a config that still uses one is told the new name.
+RENAMED = {
+    "cam.bg_threshold": "cam.background_score",
+    "pseudo.fg_threshold": "pseudo.fg_background_score",
+    "pseudo.bg_threshold": "pseudo.bg_background_score",
+    **{f"{section}.crf_{name}": f"{section}.crf.{name}" for section in ("pseudo", "seg")
+       for name in ("iterations", "gt_prob", "gaussian_sxy", "gaussian_compat", "bilateral_sxy", "bilateral_srgb",
+                    "bilateral_compat")},
+}
 
 
 @dataclass
@@ -188,26 +256,33 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "Config":
-        return _build(cls, data, prefix="", source=source)
+        cfg = _build(cls, data, prefix="", source=source)
+        _check_rules(cfg, source)
+        return cfg
 
     def with_overrides(self, overrides: list[str] | dict[str, Any]) -> "Config":
         return apply_overrides(self, overrides)
 
-    def resolved(self) -> "Config":
-        """A copy with `{out_dir}` expanded in data.root and local paths made absolute.
+    def get(self, key: str) -> Any:
+        """The value of a dotted key, e.g. cfg.get("cam.scales")."""
+        value: Any = self
+        for part in key.split("."):
+            value = getattr(value, part)
+        return value
 
-        Ray workers run in other directories (and on other hosts), so stages hand them resolved configs.
+    def resolved(self) -> "Config":
+        """A copy with `{out_dir}` expanded and local paths made absolute (idempotent).
+
+        Ray workers run in other directories (and on other hosts); `load_config` resolves once, before any work.
         """
         out_dir = self.out_dir if is_uri(self.out_dir) else str(Path(self.out_dir).resolve())
-        root = self.data.root.replace("{out_dir}", out_dir)
-        root = root if is_uri(root) else str(Path(root).resolve())
-        overrides: dict[str, Any] = {"out_dir": out_dir, "data.root": root}
-        if self.ray.storage_path and "://" not in self.ray.storage_path:
-            overrides["ray.storage_path"] = str(Path(self.ray.storage_path).resolve())
-        for key, value in (("seg.labels_dir", self.seg.labels_dir), ("seg.pretrained", self.seg.pretrained)):
-            value = value.replace("{out_dir}", out_dir)
-            if value:
-                overrides[key] = value if "://" in value else str(Path(value).resolve())
+        overrides: dict[str, Any] = {"out_dir": out_dir}
+        for key in ("data.root", "data.sbd_root", "ray.storage_path", "seg.labels_dir", "seg.pretrained",
+                    "model.pretrained"):
+            value = self.get(key).replace("{out_dir}", out_dir)
+            if value and "://" not in value:
+                value = str(Path(value).resolve())
+            overrides[key] = value
         return self.with_overrides(overrides)
 
     def dump(self, path: str | Path) -> None:
@@ -215,14 +290,66 @@ class Config:
         write_text(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> Config:
-    """Reads a YAML config (missing keys take the defaults) and applies `key=value` overrides."""
+def _check_rules(cfg: Config, source: str) -> None:
+    """The rules that tie fields together, or that a type cannot say."""
+    def fail(key: str, problem: str) -> None:
+        raise ConfigError(f"{source}: {key} {problem}, got {cfg.get(key)!r}")
+
+    if not cfg.out_dir:
+        fail("out_dir", "must name a folder")
+    for key in ("cam.scales", "seg.test_scales"):
+        if not cfg.get(key) or cfg.get(key)[0] != 1.0:
+            fail(key, "must start with 1.0 (the scale whose size the outputs take)")
+    for key in ("seg.scales", "cam.sweep", "model.hspp_levels"):
+        if not cfg.get(key):
+            fail(key, "must not be empty")
+    if len(cfg.seg.aspp_rates) != 4:
+        fail("seg.aspp_rates", "must hold the 4 dilations of DeepLab v2's ASPP branches")
+    low, *high = cfg.train.resize_long
+    if len(high) != 1 or low > high[0]:
+        fail("train.resize_long", "must be [low, high] with low <= high")
+    if cfg.pseudo.fg_background_score < cfg.pseudo.bg_background_score:
+        fail("pseudo.fg_background_score", f"must be >= pseudo.bg_background_score ({cfg.pseudo.bg_background_score})")
+    for key in ("train.batch_size", "seg.batch_size"):
+        if cfg.get(key) % cfg.ray.num_workers:
+            fail(key, f"must divide evenly over ray.num_workers = {cfg.ray.num_workers} data-parallel workers")
+    if cfg.seg.init in ("coco", "classifier") and not cfg.seg.pretrained:
+        fail("seg.pretrained", f"must name the checkpoint for seg.init = {cfg.seg.init}")
+    if cfg.seg.init == "coco" and cfg.seg.backbone != "resnet101":
+        fail("seg.backbone", "must be resnet101 for seg.init = coco (the COCO checkpoint is a ResNet-101)")
+    if cfg.synth.enabled and not cfg.synth.splits.get(cfg.data.train_split):
+        fail("synth.splits", f"must give data.train_split ({cfg.data.train_split!r}) some images")
+
+
+PACKAGED = resources.files("vwe") / "configs"
+
+
+def packaged_configs() -> list[str]:
+    """Names of the configs that ship inside the package (`vwe run --config synthetic`)."""
+    return sorted(p.name.removesuffix(".yaml") for p in PACKAGED.iterdir() if p.name.endswith(".yaml"))
+
+
+def config_source(name_or_path: str | Path) -> Path:
+    """The YAML file of a packaged config name (`synthetic`, `voc`, ...) or of a path."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml") and str(name_or_path) in packaged_configs():
+        return Path(str(PACKAGED / f"{name_or_path}.yaml"))
+    if not path.is_file():
+        raise ConfigError(f"{name_or_path}: no such config file (packaged configs: {', '.join(packaged_configs())})")
+    return path
+
+
+def load_config(name_or_path: str | Path | None = None,
+                overrides: list[str] | dict[str, Any] | None = None) -> Config:
+    """Reads a YAML config (a path or a packaged name; missing keys take the defaults), applies `key=value`
+    overrides, checks every value and resolves the paths (`Config.resolved`): the one config every stage reads."""
     data: dict[str, Any] = {}
     source = "defaults"
-    if path is not None:
+    if name_or_path is not None:
+        path = config_source(name_or_path)
         source = str(path)
         try:
-            text = Path(path).read_text()
+            text = path.read_text()
         except OSError as err:
             raise ConfigError(f"{path}: cannot read config file ({err.strerror})") from err
         try:
@@ -232,7 +359,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     cfg = Config.from_dict(data, source=source)
-    return apply_overrides(cfg, overrides or [])
+    return apply_overrides(cfg, overrides or []).resolved()
 
 
 def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:
@@ -255,10 +382,10 @@ def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Confi
         parts = key.split(".")
         for i, part in enumerate(parts[:-1]):
             if not isinstance(node.get(part), dict):
-                raise ConfigError(f"override {key!r}: unknown key {'.'.join(parts[: i + 1])!r}")
+                raise ConfigError(f"override {key!r}: unknown key {'.'.join(parts[: i + 1])!r}{_renamed(key)}")
             node = node[part]
         if parts[-1] not in node:
-            raise ConfigError(f"override {key!r}: unknown key {key!r}")
+            raise ConfigError(f"override {key!r}: unknown key {key!r}{_renamed(key)}")
         node[parts[-1]] = value
     return Config.from_dict(data, source="overrides")
 
@@ -270,29 +397,53 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
-def _build(cls: type, data: Any, prefix: str, source: str) -> Any:
+def _build(cls: type, data: Any, prefix: str, source: str, defaults: Any = None) -> Any:
+    """An instance of the dataclass `cls` from a mapping; missing keys keep `defaults` (the field's own default
+    for a nested section, so a partial `seg.crf` keeps seg's CRF values, not CrfConfig's)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: {prefix.rstrip('.') or 'top level'} must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(f"{source}: unknown key {prefix + unknown[0]!r} (known: {', '.join(sorted(names))})")
+        key = prefix + unknown[0]
+        known = ", ".join(sorted(names))
+        raise ConfigError(f"{source}: unknown key {key!r}{_renamed(key) or f' (known: {known})'}")
+    defaults = cls() if defaults is None else defaults
     kwargs = {}
     for name, value in data.items():
         key = prefix + name
         kind = hints[name]
         if dataclasses.is_dataclass(kind):
-            kwargs[name] = _build(kind, value, key + ".", source)
+            kwargs[name] = _build(kind, value, key + ".", source, getattr(defaults, name))
         else:
             kwargs[name] = _check(kind, value, key, source)
-    return cls(**kwargs)
+    return dataclasses.replace(defaults, **kwargs)
+
+
+def _renamed(key: str) -> str:
+    return f" (renamed to {RENAMED[key]!r})" if key in RENAMED else ""
 
 
 def _check(kind: Any, value: Any, key: str, source: str) -> Any:
-    """Returns `value` converted to `kind` where that is lossless (int -> float, list -> list), else raises."""
+    """Returns `value` converted to `kind` where that is lossless (int -> float, list -> list), else raises.
+
+    `Annotated[T, Range(...)]` also bounds the number (or every item of a list); `Literal[...]` lists the choices.
+    """
     origin = typing.get_origin(kind)
     args = typing.get_args(kind)
+    if origin is Annotated:
+        value = _check(args[0], value, key, source)
+        for bound in (a for a in args[1:] if isinstance(a, Range)):
+            for item in value if isinstance(value, list) else [value]:
+                problem = bound.check(item)
+                if problem:
+                    raise ConfigError(f"{source}: key {key!r} must be {problem}, got {value!r}")
+        return value
+    if origin is Literal:
+        if isinstance(value, str) and value in args:
+            return value
+        raise ConfigError(f"{source}: key {key!r} must be one of {', '.join(map(str, args))}, got {value!r}")
     if origin in (typing.Union, types.UnionType):
         for option in args:
             try:

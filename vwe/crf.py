@@ -5,34 +5,25 @@ image cast to uint8 (deeplab-pytorch's `main.py`, METHOD P11) silently wrecks it
 """
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import pydensecrf.densecrf as dcrf
 from pydensecrf.utils import unary_from_labels, unary_from_softmax
 
 from vwe.cam import cam_argmax
-from vwe.config import PseudoLabelConfig
+from vwe.config import CrfConfig, PseudoLabelConfig, SegConfig
 from vwe.data.voc import IGNORE
 
 
-def crf_labels(
-    image: np.ndarray,
-    labels: np.ndarray,
-    n_labels: int,
-    *,
-    iterations: int = 10,
-    gt_prob: float = 0.7,
-    gaussian_sxy: float = 3.0,
-    gaussian_compat: float = 3.0,
-    bilateral_sxy: float = 50.0,
-    bilateral_srgb: float = 5.0,
-    bilateral_compat: float = 10.0,
-) -> np.ndarray:
+# IRNet's label CRF for the pseudo labels, and deeplab-pytorch's VOC test CRF on DeepLab's softmax (METHOD §4)
+LABEL_CRF = PseudoLabelConfig().crf
+SOFTMAX_CRF = SegConfig().crf
+
+
+def crf_labels(image: np.ndarray, labels: np.ndarray, n_labels: int, crf: CrfConfig = LABEL_CRF) -> np.ndarray:
     """Refines an H x W label map (values 0..n_labels-1) with a dense CRF; returns uint8 H x W labels.
 
-    IRNet's `crf_inference_label`: label unary (`gt_prob` on the given label, the rest spread evenly, label 0
-    not treated as unsure), Potts Gaussian and bilateral kernels, `iterations` mean-field steps. Defaults: METHOD §4.
+    IRNet's `crf_inference_label`: label unary (`crf.gt_prob` on the given label, the rest spread evenly, label 0
+    not treated as unsure), Potts Gaussian and bilateral kernels, `crf.iterations` mean-field steps.
     """
     image = _rgb_image(image)
     labels = np.asarray(labels)
@@ -44,113 +35,58 @@ def crf_labels(
         raise ValueError(f"labels must lie in 0..{n_labels - 1}, got {labels.min()}..{labels.max()}")
     if n_labels == 1:  # nothing to choose; pydensecrf's label unary divides by n_labels - 1
         return np.zeros(labels.shape, dtype=np.uint8)
-    unary = unary_from_labels(labels.astype(np.intp), n_labels, gt_prob=gt_prob, zero_unsure=False)
-    q = _mean_field(image, unary, n_labels, iterations, gaussian_sxy, gaussian_compat,
-                    bilateral_sxy, bilateral_srgb, bilateral_compat)
-    return q.argmax(axis=0).astype(np.uint8)
+    unary = unary_from_labels(labels.astype(np.intp), n_labels, gt_prob=crf.gt_prob, zero_unsure=False)
+    return _mean_field(image, unary, n_labels, crf).argmax(axis=0).astype(np.uint8)
 
 
-def crf_probs(
-    image: np.ndarray,
-    probs: np.ndarray,
-    *,
-    iterations: int = 10,
-    gaussian_sxy: float = 1.0,
-    gaussian_compat: float = 3.0,
-    bilateral_sxy: float = 67.0,
-    bilateral_srgb: float = 3.0,
-    bilateral_compat: float = 4.0,
-) -> np.ndarray:
+def crf_probs(image: np.ndarray, probs: np.ndarray, crf: CrfConfig = SOFTMAX_CRF) -> np.ndarray:
     """Refines C x H x W class probabilities with a dense CRF; returns the C x H x W float32 marginals.
 
-    Unary = -log(clip(p, 1e-5, 1)). Defaults are deeplab-pytorch's VOC test settings (METHOD §4); take the
-    argmax over classes for labels.
+    Unary = -log(clip(p, 1e-5, 1)); take the argmax over classes for labels.
     """
     image = _rgb_image(image)
     probs = np.asarray(probs, dtype=np.float32)
     if probs.ndim != 3 or probs.shape[1:] != image.shape[:2] or probs.shape[0] < 1:
         raise ValueError(f"probs must be C x H x W with H x W = {image.shape[:2]}, got {probs.shape}")
-    unary = unary_from_softmax(probs)
-    return _mean_field(image, unary, probs.shape[0], iterations, gaussian_sxy, gaussian_compat,
-                       bilateral_sxy, bilateral_srgb, bilateral_compat)
+    return _mean_field(image, unary_from_softmax(probs), probs.shape[0], crf)
 
 
-def confident_pseudo_label(
-    image: np.ndarray,
-    high_res: np.ndarray,
-    keys: np.ndarray,
-    fg_threshold: float = 0.30,
-    bg_threshold: float = 0.05,
-    crf: bool = True,
-    *,
-    iterations: int = 10,
-    gt_prob: float = 0.7,
-    gaussian_sxy: float = 3.0,
-    gaussian_compat: float = 3.0,
-    bilateral_sxy: float = 50.0,
-    bilateral_srgb: float = 5.0,
-    bilateral_compat: float = 10.0,
-) -> np.ndarray:
+def confident_pseudo_label(image: np.ndarray, high_res: np.ndarray, keys: np.ndarray,
+                           fg_background_score: float = 0.30, bg_background_score: float = 0.05,
+                           crf: CrfConfig = LABEL_CRF) -> np.ndarray:
     """IRNet's `cam_to_ir_label` for one image: uint8 H x W with 0 (background), key + 1 (class) or 255 (unsure).
 
-    A high background score (`fg_threshold`) keeps only confident foreground; a low one (`bg_threshold`) keeps
-    only confident background. Each map is refined by `crf_labels` (the keyword arguments) over the image's own
-    classes plus background, unless `crf=False`. Label = the foreground map's class where it is not background,
-    0 where both maps say background, 255 elsewhere.
+    A high background score (`fg_background_score`) keeps only confident foreground; a low one
+    (`bg_background_score`) keeps only confident background. Each map is refined by `crf_labels` over the image's
+    own classes plus background, when `crf.enabled`. Label = the foreground map's class where it is not
+    background, 0 where both maps say background, 255 elsewhere.
     """
     keys = np.asarray(keys, dtype=np.int64)
     if np.ndim(high_res) != 3 or np.shape(high_res)[0] != len(keys) or np.shape(high_res)[1:] != np.shape(image)[:2]:
         raise ValueError(f"high_res must be K x H x W with K = {len(keys)} keys and H x W = {np.shape(image)[:2]}, "
                          f"got {np.shape(high_res)}")
     lookup = np.concatenate([[0], keys + 1]).astype(np.uint8)
-    params = dict(iterations=iterations, gt_prob=gt_prob, gaussian_sxy=gaussian_sxy, gaussian_compat=gaussian_compat,
-                  bilateral_sxy=bilateral_sxy, bilateral_srgb=bilateral_srgb, bilateral_compat=bilateral_compat)
 
-    def confident(threshold: float) -> np.ndarray:
-        index = cam_argmax(high_res, threshold)
-        if crf:
-            index = crf_labels(image, index, len(lookup), **params)
+    def confident(background_score: float) -> np.ndarray:
+        index = cam_argmax(high_res, background_score)
+        if crf.enabled:
+            index = crf_labels(image, index, len(lookup), crf)
         return lookup[index]
 
-    foreground = confident(fg_threshold)
-    background = confident(bg_threshold)
+    foreground = confident(fg_background_score)
+    background = confident(bg_background_score)
     label = np.where(background == 0, 0, IGNORE).astype(np.uint8)
     return np.where(foreground != 0, foreground, label)
 
 
-def pseudo_label_params(cfg: PseudoLabelConfig) -> dict[str, Any]:
-    """Keyword arguments of `confident_pseudo_label` from the `pseudo` config section."""
-    return {
-        "fg_threshold": cfg.fg_threshold,
-        "bg_threshold": cfg.bg_threshold,
-        "crf": cfg.crf,
-        "iterations": cfg.crf_iterations,
-        "gt_prob": cfg.crf_gt_prob,
-        "gaussian_sxy": cfg.crf_gaussian_sxy,
-        "gaussian_compat": cfg.crf_gaussian_compat,
-        "bilateral_sxy": cfg.crf_bilateral_sxy,
-        "bilateral_srgb": cfg.crf_bilateral_srgb,
-        "bilateral_compat": cfg.crf_bilateral_compat,
-    }
-
-
-def _mean_field(
-    image: np.ndarray,
-    unary: np.ndarray,
-    n_labels: int,
-    iterations: int,
-    gaussian_sxy: float,
-    gaussian_compat: float,
-    bilateral_sxy: float,
-    bilateral_srgb: float,
-    bilateral_compat: float,
-) -> np.ndarray:
+def _mean_field(image: np.ndarray, unary: np.ndarray, n_labels: int, crf: CrfConfig) -> np.ndarray:
     height, width = image.shape[:2]
     model = dcrf.DenseCRF2D(width, height, n_labels)
     model.setUnaryEnergy(np.ascontiguousarray(unary, dtype=np.float32))
-    model.addPairwiseGaussian(sxy=gaussian_sxy, compat=gaussian_compat)
-    model.addPairwiseBilateral(sxy=bilateral_sxy, srgb=bilateral_srgb, rgbim=image, compat=bilateral_compat)
-    return np.asarray(model.inference(iterations), dtype=np.float32).reshape(n_labels, height, width)
+    model.addPairwiseGaussian(sxy=crf.gaussian_sxy, compat=crf.gaussian_compat)
+    model.addPairwiseBilateral(sxy=crf.bilateral_sxy, srgb=crf.bilateral_srgb, rgbim=image,
+                               compat=crf.bilateral_compat)
+    return np.asarray(model.inference(crf.iterations), dtype=np.float32).reshape(n_labels, height, width)
 
 
 def _rgb_image(image: np.ndarray) -> np.ndarray:

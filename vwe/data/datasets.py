@@ -120,7 +120,7 @@ class SegmentationDataset(Dataset):
         missing = storage.missing(self.labels_dir, [f"{i}.png" for i in self.ids])
         if missing:
             raise DataError(f"{self.labels_dir}: {len(missing)} of the {len(self.ids)} ids of split {split!r} have no "
-                            f"label file, e.g. {missing[0]} (make the pseudo labels first)")
+                            f"label file, e.g. {missing[0]}: run `vwe make-pseudo` first, or set seg.labels_dir")
         self.crop_size = crop_size
         self.scales = tuple(scales)
         if not self.scales or min(self.scales) <= 0:

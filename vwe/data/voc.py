@@ -97,6 +97,30 @@ def read_mask(path: str | Path) -> np.ndarray:
     return np.array(image)
 
 
+def image_size(path: str | Path) -> tuple[int, int] | None:
+    """H x W of an image file from its header (no decoding); None when it cannot be read."""
+    try:
+        with storage.open_input(path) as f, Image.open(f) as image:
+            return image.height, image.width
+    except Exception:  # noqa: BLE001 - any unreadable file is simply "no size"
+        return None
+
+
+def label_is_complete(path: str | Path, size: tuple[int, int] | None = None) -> bool:
+    """True when `path` is a whole index-map PNG of H x W `size` (when given): its chunks all pass their CRC
+    checks, which catches a truncated or damaged file without decoding the pixels."""
+    try:
+        with storage.open_input(path) as f, Image.open(f) as image:
+            if image.format != "PNG" or image.mode not in ("P", "L"):
+                return False
+            if size is not None and (image.height, image.width) != tuple(size):
+                return False
+            image.verify()
+    except Exception:  # noqa: BLE001 - PIL reports damage with many exception types
+        return False
+    return True
+
+
 def encode_mask(mask: np.ndarray) -> bytes:
     """PNG bytes of a uint8 H x W index map with the VOC palette (deterministic: same mask, same bytes)."""
     mask = np.asarray(mask)

@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vwe.config import Config, ModelConfig
-from vwe.errors import ConfigError
 from vwe.models.hspp import gap, hspp
 from vwe.models.resnet import build_backbone
 from vwe.models.visual_words import VisualWords
@@ -50,7 +49,7 @@ VARIANTS: dict[str, Variant] = {
 def get_variant(name: str) -> Variant:
     """The heads, losses and defaults of a `model.variant` name."""
     if name not in VARIANTS:
-        raise ConfigError(f"model.variant: unknown variant {name!r} (known: {', '.join(VARIANTS)})")
+        raise ValueError(f"unknown variant {name!r} (known: {', '.join(VARIANTS)})")
     return VARIANTS[name]
 
 
@@ -170,14 +169,6 @@ def build_classifier(
     model_cfg = cfg.model if isinstance(cfg, Config) else cfg
     if num_classes is None:
         num_classes = cfg.data.num_classes if isinstance(cfg, Config) else 20
-    if model_cfg.num_words < 1:
-        raise ConfigError(f"model.num_words must be at least 1, got {model_cfg.num_words}")
-    if not model_cfg.hspp_levels or min(model_cfg.hspp_levels) < 1:
-        raise ConfigError(f"model.hspp_levels must be positive integers, got {model_cfg.hspp_levels}")
-    if model_cfg.hspp_gamma < 0:
-        raise ConfigError(f"model.hspp_gamma must be >= 0, got {model_cfg.hspp_gamma}")
-    if not 0.0 < model_cfg.memory_momentum <= 1.0:
-        raise ConfigError(f"model.memory_momentum must be in (0, 1], got {model_cfg.memory_momentum}")
     model = Classifier(
         backbone=model_cfg.backbone,
         variant=model_cfg.variant,

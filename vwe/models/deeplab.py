@@ -25,11 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vwe.config import SegConfig
-from vwe.errors import ConfigError
 from vwe.models.resnet import FrozenBatchNorm2d, ResNetBackbone, build_backbone
 from vwe.models.weights import load_backbone
 
-INITS = ("imagenet", "coco", "classifier")
 
 
 class ASPP(nn.Module):
@@ -138,18 +136,12 @@ def caffe_input(seg: SegConfig) -> bool:
 
 def build_deeplab(seg: SegConfig, num_classes: int = 21, load_pretrained: bool = True) -> DeepLabV2:
     """DeepLab v2 from the `seg` config section; loads `seg.pretrained` into the backbone unless told not to."""
-    if seg.init not in INITS:
-        raise ConfigError(f"seg.init: expected one of {', '.join(INITS)}, got {seg.init!r}")
-    if not seg.aspp_rates or min(seg.aspp_rates) < 1:
-        raise ConfigError(f"seg.aspp_rates: expected positive dilations, got {seg.aspp_rates}")
-    if not seg.test_scales or seg.test_scales[0] != 1.0 or min(seg.test_scales) <= 0:
-        raise ConfigError(f"seg.test_scales: expected positive scales starting with 1.0, got {seg.test_scales}")
     style = "caffe" if caffe_input(seg) else "torchvision"
-    backbone = build_backbone(seg.backbone, detach_layer2=False, output_stride=8, style=style, key="seg.backbone")
+    backbone = build_backbone(seg.backbone, detach_layer2=False, output_stride=8, style=style)
     model = DeepLabV2(backbone, num_classes, seg.aspp_rates)
     if load_pretrained and seg.pretrained:
         rename = {"coco": coco_to_backbone_names, "classifier": classifier_to_backbone_names}.get(seg.init)
-        load_backbone(model.backbone, seg.pretrained, rename=rename, key="seg.pretrained")
+        load_backbone(model.backbone, seg.pretrained, rename=rename)
     return model
 
 

@@ -12,8 +12,6 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from vwe.errors import ConfigError
-
 # name -> (blocks per stage, stem width); stage i has width * 2**i bottleneck channels, 4x that at its output
 BACKBONES: dict[str, tuple[tuple[int, int, int, int], int]] = {
     "resnet50": ((3, 4, 6, 3), 64),
@@ -151,11 +149,10 @@ class ResNetBackbone(nn.Module):
         return self.layer4(self.layer3(x))
 
 
-def build_backbone(name: str, detach_layer2: bool = True, output_stride: int = 16, style: str = "torchvision",
-                   key: str = "model.backbone") -> ResNetBackbone:
-    """Returns a randomly initialised backbone: "resnet50", "resnet101" or "resnet-tiny" (`key` names the config
-    field in the error for an unknown name)."""
+def build_backbone(name: str, detach_layer2: bool = True, output_stride: int = 16,
+                   style: str = "torchvision") -> ResNetBackbone:
+    """Returns a randomly initialised backbone: "resnet50", "resnet101" or "resnet-tiny"."""
     if name not in BACKBONES:
-        raise ConfigError(f"{key}: unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
+        raise ValueError(f"unknown backbone {name!r} (known: {', '.join(BACKBONES)})")
     layers, width = BACKBONES[name]
     return ResNetBackbone(layers, width=width, detach_layer2=detach_layer2, output_stride=output_stride, style=style)

@@ -20,18 +20,23 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DDP and torch.co
 _LISTED_KEYS = 8  # keys named in an error message before "... and N more"
 
 
+def check_weights(path_or_url: str, key: str) -> None:
+    """Reads a checkpoint as `load_backbone` will, so that a missing, unreadable or foreign file is found before
+    any worker starts; errors name `key`, the config field that points at it."""
+    _read_state_dict(path_or_url, key)
+
+
 def load_backbone(backbone: nn.Module, path_or_url: str, *,
-                  rename: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None,
-                  key: str = "model.pretrained") -> None:
+                  rename: Callable[[dict[str, Tensor]], dict[str, Tensor]] | None = None) -> None:
     """Copies a torchvision-format state dict (a local path, an object-store URI or an http(s) URL) into `backbone`.
 
     A URL is fetched into the torch hub cache (needs network on first use). Wrapper prefixes (`module.`,
     `_orig_mod.`) are stripped and the ImageNet head (`fc.*`) is dropped; any other missing, unexpected or
     mis-shaped key is an error naming the keys. Files are read with `weights_only=True`: pickled objects other
     than tensors and plain containers are refused. `rename` maps a foreign layout's names to torchvision's first
-    (e.g. `vwe.models.deeplab.coco_to_backbone_names`); `key` is the config field named in errors.
+    (e.g. `vwe.models.deeplab.coco_to_backbone_names`).
     """
-    state = _read_state_dict(path_or_url, key)
+    state = _read_state_dict(path_or_url, "weights")
     state = {_strip_prefixes(name): value for name, value in state.items()}
     if rename is not None:
         state = rename(state)
@@ -55,6 +60,7 @@ def load_backbone(backbone: nn.Module, path_or_url: str, *,
 
 
 def _read_state_dict(path_or_url: str, key: str) -> dict[str, Tensor]:
+    """The state dict at `path_or_url`; `key` names what points at it in the errors."""
     try:
         if path_or_url.startswith(("http://", "https://")):
             state = torch.hub.load_state_dict_from_url(

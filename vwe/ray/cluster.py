@@ -16,6 +16,15 @@ _LOCAL_ENV = {
 }
 
 
+def quiet_worker(threads: float) -> None:
+    """Settings of a process that runs stage work for Ray (a Train worker, a Data actor or task): the torch thread
+    count fixed to its CPU share, so its numbers do not depend on what else runs on the node, and log lines."""
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+
+
 def init_ray(ray_cfg: RayConfig, num_cpus: int | None = None) -> None:
     """Starts or joins Ray once per process. `ray.address` (or RAY_ADDRESS) joins a cluster; empty starts a local one.
 

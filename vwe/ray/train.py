@@ -1,13 +1,19 @@
-"""Training stages as Ray Train workloads: DDP over `ray.num_workers` workers (NCCL on GPUs, gloo on CPU).
+"""Training loops as Ray Train workloads: DDP over `ray.num_workers` workers (NCCL on GPUs, gloo on CPU).
 
-Checkpoints go through `ray.train.report` to `<storage_path>/<stage>/`; a worker that dies is replaced and the
-group resumes from the last checkpoint (FailureConfig); running again with the same storage resumes the run.
+Checkpoints go through `ray.train.report` to `<ray storage>/<name>/`; a worker that dies is replaced and the group
+resumes from the last checkpoint (FailureConfig); running again with the same storage resumes the run.
+
+A ConfigError or DataError raised by the loop (a corrupt image, a missing file) would fail the same way again, so
+it is not retried: the failing worker records it in the run folder before it raises, Ray Train restarts the group
+as it does after any failure, and the restarted workers return at once with the recorded error, which `fit`
+raises here.
 """
 from __future__ import annotations
 
-import importlib
+import json
 import logging
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +26,14 @@ from torch import nn
 from vwe import storage
 from vwe.checkpoint import load_state, save_state
 from vwe.config import Config
-from vwe.errors import ConfigError
-from vwe.ray.cluster import init_ray
+from vwe.errors import ConfigError, DataError, VweError
+from vwe.io import write_json
+from vwe.ray.cluster import init_ray, quiet_worker
+from vwe.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
-# stage name -> module whose `train(cfg, session, fault)` is the per-worker loop
-LOOPS = {"train_cam": "vwe.stages.train_classifier", "train_seg": "vwe.stages.train_deeplab"}
-PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
+USER_ERROR = "user_error.json"  # in the run's folder: the VweError that ended it
+Loop = Callable[..., dict[str, Any]]  # loop(cfg, session, fault=None) -> rank 0's result
 
 
 class RaySession:
@@ -58,11 +65,22 @@ class RaySession:
             ray.train.report(metrics, checkpoint=ray_checkpoint)
 
 
-def _worker_loop(loop_config: dict[str, Any]) -> dict[str, Any]:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    cfg = Config.from_dict(loop_config["cfg"])
-    loop = importlib.import_module(LOOPS[loop_config["stage"]])
-    return loop.train(cfg, RaySession(), fault=loop_config.get("fault"))
+def _worker(loop_config: dict[str, Any]) -> dict[str, Any]:
+    cfg: Config = loop_config["cfg"]
+    quiet_worker(cfg.ray.cpus_per_worker)
+    recorded = storage.join(loop_config["run_dir"], USER_ERROR)
+    if storage.is_file(recorded):
+        return {"user_error": json.loads(storage.read_text(recorded))}
+    try:
+        return loop_config["loop"](cfg, RaySession(), fault=loop_config.get("fault"))
+    except VweError as err:
+        # `attempts` stays 1 unless a restarted group ran the loop again (what the record is there to prevent)
+        write_json(recorded, {"type": type(err).__name__, "message": str(err), "attempts": _attempts(recorded) + 1})
+        raise
+
+
+def _attempts(recorded: str | Path) -> int:
+    return json.loads(storage.read_text(recorded))["attempts"] if storage.is_file(recorded) else 0
 
 
 def checkpoint_dirs(run_dir: str | Path) -> list[str | Path]:
@@ -71,25 +89,15 @@ def checkpoint_dirs(run_dir: str | Path) -> list[str | Path]:
     return [folder for folder in folders if storage.is_file(storage.join(folder, "state.pt"))]
 
 
-def storage_path(cfg: Config) -> str:
-    """Where Ray Train keeps runs and checkpoints: ray.storage_path, else <out_dir>/ray (a path or a URI)."""
-    return cfg.ray.storage_path or str(storage.join(cfg.out_dir, "ray"))
-
-
-def fit_classifier(cfg: Config, **kwargs: Any) -> dict[str, Any]:
-    """Stage 1 on Ray Train; see `fit`."""
-    return fit("train_cam", cfg, **kwargs)
-
-
-def fit(stage: str, cfg: Config, *, resume: bool = False, restart: bool = False,
+def fit(cfg: Config, name: str, loop: Loop, *, resume: bool = False, restart: bool = False,
         fault: dict[str, Any] | None = None, callbacks: list[ray.train.UserCallback] | None = None) -> dict[str, Any]:
-    """Runs the training stage `stage` (a key of LOOPS) on Ray Train; returns rank 0's result. A run is resumed.
+    """Runs `loop` on every Ray Train worker as the run `name` (resumed when it has checkpoints); returns rank 0's
+    result.
 
     `resume=True` insists on an existing run; `restart=True` deletes it first. `fault` is the loop's test hook.
     `callbacks` go to the run (a Tune trial passes `TuneReportCallback`).
     """
-    cfg = cfg.resolved()  # workers change directory
-    run_dir = storage.join(storage_path(cfg), stage)
+    run_dir = RunFolder.of(cfg).train_run(name)
     if restart and storage.exists(run_dir):
         log.info("--restart: deleting %s", run_dir)
         storage.delete(run_dir)
@@ -97,25 +105,30 @@ def fit(stage: str, cfg: Config, *, resume: bool = False, restart: bool = False,
         log.info("resuming the run in %s (pass --restart to start over)", run_dir)
     elif resume:
         raise ConfigError(f"--resume: no checkpoint to resume in {run_dir}")
-    if cfg.ray.num_workers < 1:
-        raise ConfigError(f"ray.num_workers must be at least 1, got {cfg.ray.num_workers}")
-    if cfg.ray.placement_strategy not in PLACEMENT_STRATEGIES:
-        raise ConfigError(f"ray.placement_strategy must be one of {', '.join(PLACEMENT_STRATEGIES)}, "
-                          f"got {cfg.ray.placement_strategy!r}")
+    storage.delete(storage.join(run_dir, USER_ERROR))  # an error of an earlier command, since fixed
     init_ray(cfg.ray)
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
-        _worker_loop,
-        train_loop_config={"stage": stage, "cfg": cfg.to_dict(), "fault": fault},
+        _worker,
+        train_loop_config={"cfg": cfg, "loop": loop, "run_dir": str(run_dir), "fault": fault},
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=resources,
                                      placement_strategy=cfg.ray.placement_strategy),
-        run_config=RunConfig(name=stage, storage_path=storage_path(cfg),
+        run_config=RunConfig(name=name, storage_path=str(RunFolder.of(cfg).train_runs),
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
                              checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
     )
-    result = trainer.fit()
-    return result.return_value
+    try:
+        result = trainer.fit().return_value
+    except ray.train.TrainingFailedError:
+        result = {}
+        if not storage.is_file(storage.join(run_dir, USER_ERROR)):
+            raise
+    recorded = storage.join(run_dir, USER_ERROR)
+    if storage.is_file(recorded):
+        error = json.loads(storage.read_text(recorded))
+        raise (ConfigError if error["type"] == "ConfigError" else DataError)(error["message"])
+    return result

@@ -35,9 +35,11 @@ from vwe.config import Config
 from vwe.errors import ConfigError
 from vwe.io import atomic_path, write_text
 from vwe.ray.cluster import init_ray
-from vwe.ray.data import run_eval_cams, run_make_cams
-from vwe.ray.train import fit, storage_path
-from vwe.stages import make_cams
+from vwe.ray.train import fit
+from vwe.run_folder import RunFolder
+from vwe.stages import train_cam
+from vwe.stages.eval_cam import evaluate_cams
+from vwe.stages.make_cam import make_cams
 
 log = logging.getLogger(__name__)
 
@@ -186,8 +188,7 @@ class Sweep:
 
     @classmethod
     def of(cls, cfg: Config, name: str) -> "Sweep":
-        cfg = cfg.resolved()
-        return cls(name, storage.join(cfg.out_dir, "sweeps", name), storage_path(cfg))
+        return cls(name, storage.join(cfg.out_dir, "sweeps", name), str(RunFolder.of(cfg).train_runs))
 
     def file(self, *parts: str) -> str | Path:
         return storage.join(self.directory, *parts)
@@ -220,11 +221,11 @@ def _trial(config: dict[str, Any], base: dict[str, Any], fixed: dict[str, Any], 
     trial_id = tune.get_context().get_trial_id()
     cfg = trial_config(Config.from_dict(base), {**fixed, **config["set"]}, sweep.file("trials", trial_id),
                        f"{sweep.experiment}_trials/{trial_id}")
-    trained = fit("train_cam", cfg, callbacks=[TuneReportCallback()])
-    run_make_cams(cfg, eval_split)
-    summary = run_eval_cams(cfg, eval_split)
+    trained = fit(cfg, train_cam.NAME, train_cam.train, callbacks=[TuneReportCallback()])
+    make_cams(cfg, eval_split)
+    summary = evaluate_cams(cfg, eval_split)
     # the CAM files were only needed for this number (about 0.8 GB per trial on VOC val); the report stays
-    storage.delete(storage.join(cfg.out_dir, make_cams.CAM_DIR))
+    storage.delete(RunFolder.of(cfg).cams)
     tune.report({"eval_miou": summary["best_miou"], "eval_threshold": summary["best_threshold"],
                  "eval_images": summary["images"], "steps": trained["step"], "epoch": trained["epoch"],
                  "resumed_from": trained["resumed_from"]})

@@ -1,86 +1,67 @@
-"""Segmentation mIoU of label PNGs (DeepLab predictions, pseudo labels) against a split's masks (METHOD §2): one
-confusion matrix per image, summed; IoU per class, mIoU over the classes present in the ground truth; a JSON + CSV
-report.
+"""Segmentation evaluation: the mIoU of label PNGs against a split's masks (METHOD §2), for DeepLab's predictions
+(`vwe eval-seg`) and the pseudo labels: one summed confusion matrix per batch of 8 images (CPU tasks), added up on
+the driver.
 
-Ground truth is `SegmentationClassAug/<id>.png` when present, else `SegmentationClass/<id>.png`; its 255 pixels
-are left out. `vwe.ray.data.score_labels` runs `batch_confusion` as Ray Data tasks, for eval-seg and for the
-pseudo-label score of make-pseudo.
+Output: `<out_dir>/eval_seg/<split>[_crf].json` and `..._classes.csv`.
 """
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from vwe import storage
-from vwe.data.voc import CLASSES, IGNORE, VOCDataset, read_mask
-from vwe.errors import DataError
-from vwe.metrics import ConfusionMatrix, confusion
-
-EVAL_DIR = "eval_seg"
-
-
-def class_names(num_classes: int) -> list[str]:
-    """Names of the label values: background, then the first `num_classes` VOC classes."""
-    return ["background", *CLASSES[:num_classes]]
+from vwe.config import Config
+from vwe.evaluation import batch_confusion, eval_items, summarize, write_report
+from vwe.ray.data import Tasks, sum_batches
+from vwe.run_folder import RunFolder
+from vwe.stages.stage import Stage
 
 
-def eval_items(root: str | Path, split: str, pred_dir: str | Path, hint: str) -> list[dict[str, str]]:
-    """{"id", "mask", "pred"} for every id of `split`; a missing mask or prediction is a DataError naming it (and
-    saying `hint`, how to make the missing predictions)."""
-    voc = VOCDataset(root)
-    present = set(storage.listdir(pred_dir))  # one listing, not a request per id (slow in an object store)
-    items, no_mask, no_pred = [], [], []
-    for image_id in voc.split_ids(split):
-        mask = voc.mask_path(image_id)
-        pred = storage.join(pred_dir, f"{image_id}.png")
-        if mask is None:
-            no_mask.append(image_id)
-        elif f"{image_id}.png" not in present:
-            no_pred.append(pred)
-        else:
-            items.append({"id": image_id, "mask": str(mask), "pred": str(pred)})
-    if no_mask:
-        raise DataError(f"{voc.split_path(split)}: {len(no_mask)} ids have no ground-truth mask, e.g. {no_mask[0]}; "
-                        "evaluate a split with masks")
-    if no_pred:
-        raise DataError(f"{pred_dir}: {len(no_pred)} label files missing for split {split!r}, e.g. {no_pred[0]} "
-                        f"({hint})")
-    return items
+def score_labels(cfg: Config, split: str, label_dir: str | Path, hint: str,
+                 unsure_as_background: bool = False) -> dict[str, Any]:
+    """mIoU of the `<id>.png` label maps in `label_dir` against the masks of `split` (background + data.num_classes
+    classes). Returns {"split", "images", "miou", "pixel_accuracy", "iou", "confusion"}. A missing mask or label
+    file is a DataError naming it; `hint` says how to make the missing labels."""
+    num_classes = cfg.data.num_classes + 1
+    items = eval_items(cfg.data.root, split, label_dir, hint)
+    totals = sum_batches(items, Tasks(batch_confusion, 8, {"num_classes": num_classes,
+                                                           "unsure_as_background": unsure_as_background}),
+                         ("confusion", "images"), cfg.ray)
+    return {"split": split, "images": int(totals["images"]), **summarize(totals["confusion"])}
 
 
-def image_confusion(pred_path: str | Path, mask_path: str | Path, num_classes: int,
-                    unsure_as_background: bool = False) -> np.ndarray:
-    """num_classes x num_classes confusion (rows ground truth) of one prediction PNG against its mask.
+def evaluate_predictions(cfg: Config, split: str | None = None, crf: bool | None = None,
+                         pred_dir: str | Path | None = None) -> dict[str, Any]:
+    """mIoU of the predictions of `split` (default data.eval_split; those of infer-seg unless `pred_dir`).
 
-    `unsure_as_background`: 255 in the prediction (a pseudo label's unsure pixel) counts as background.
+    Writes `<out_dir>/eval_seg/<split>[_crf].json` and `..._classes.csv` (named after `pred_dir` when given).
     """
-    pred = read_mask(pred_path)
-    gt = read_mask(mask_path)
-    if pred.shape != gt.shape:
-        raise DataError(f"{pred_path}: prediction size {pred.shape[1]}x{pred.shape[0]} (WxH) differs from its mask "
-                        f"{mask_path} ({gt.shape[1]}x{gt.shape[0]})")
-    if unsure_as_background:
-        pred = np.where(pred == IGNORE, 0, pred)
-    try:
-        return confusion(gt, pred, num_classes)
-    except ValueError as err:
-        raise DataError(f"{pred_path}: {err}") from err
+    run = RunFolder.of(cfg)
+    split = split or cfg.data.eval_split
+    crf = cfg.seg.crf.enabled if crf is None else crf
+    name = run.seg_score_name(split, crf)
+    if pred_dir is None:
+        pred_dir = run.predictions(split, crf)
+    else:
+        name = f"{split}_{storage.name(pred_dir)}"
+    scores = score_labels(cfg, split, pred_dir, "run `vwe infer-seg` on this split first")
+    summary = {**scores, "crf": crf, "predictions": str(pred_dir)}
+    files = write_report(run.seg_scores, name, summary)
+    return {**summary, "files": {kind: str(path) for kind, path in files.items()}}
 
 
-def batch_confusion(batch: dict[str, np.ndarray], num_classes: int,
-                    unsure_as_background: bool = False) -> dict[str, np.ndarray]:
-    """One summed confusion matrix per batch of {"pred", "mask"} rows (1 x C x C), and the image count."""
-    total = np.zeros((num_classes, num_classes), np.int64)
-    for pred, mask in zip(batch["pred"], batch["mask"]):
-        total += image_confusion(pred, mask, num_classes, unsure_as_background)
-    return {"confusion": total[None], "images": np.array([len(batch["pred"])])}
+def scores_file(cfg: Config) -> str | Path:
+    run = RunFolder.of(cfg)
+    return storage.join(run.seg_scores, f"{run.seg_score_name(cfg.data.eval_split, cfg.seg.crf.enabled)}.json")
 
 
-def summarize(matrix: np.ndarray, names: list[str]) -> dict[str, Any]:
-    """mIoU, pixel accuracy, per-class IoU (None for classes absent from the ground truth) and the matrix."""
-    scores = ConfusionMatrix(len(names), matrix).compute()
-    return {"miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy,
-            "iou": {name: None if np.isnan(v) else float(v) for name, v in zip(names, scores.iou)},
-            "confusion": np.asarray(matrix).tolist()}
+def run(cfg: Config) -> dict[str, Any]:
+    summary = evaluate_predictions(cfg, cfg.data.eval_split)
+    return {k: summary[k] for k in ("split", "crf", "images", "miou")}
+
+
+STAGE = Stage(
+    name="eval_seg", run=run,
+    is_complete=lambda cfg: storage.is_file(scores_file(cfg)),
+    outputs=lambda cfg: [RunFolder.of(cfg).seg_scores],
+    depends_on=("data.eval_split", "data.num_classes", "seg.crf.enabled"))

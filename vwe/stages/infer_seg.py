@@ -3,14 +3,15 @@ logits at scales 1.0, 0.5, 0.75 fused by pixel-wise max (no flip), bilinearly up
 the CRF, the softmax and the raw RGB image go through a dense CRF (METHOD §4, P11) first.
 
 Output: `<out_dir>/seg/<split>/<id>.png` (`seg_crf/` with the CRF), VOC palette PNGs of class indices, and a
-`manifest.parquet` beside them. The pieces here are plain Python; `vwe.ray.segmentation` runs them on Ray Data:
-`SegPredictor` (an actor, on a GPU when there is one) gives the fused logits at 1/8 of the image size, and
-`write_labels` (CPU tasks) upsamples them, runs the CRF and writes the PNG.
+`manifest.parquet` beside them. On Ray Data: decoding (tasks) -> `SegPredictor` (an actor pool, one GPU per actor
+when ray.use_gpu) gives the fused logits at 1/8 of the image size -> `write_labels` (CPU tasks, one core each: the
+CRF is single-threaded and the GPU never waits for it) upsamples them, runs the CRF and writes the PNG. Only ids
+without a complete PNG of their image's size are processed, so a re-run resumes.
 """
 from __future__ import annotations
 
+import logging
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -18,34 +19,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vwe import storage
-from vwe.config import Config, SegConfig
+from vwe.checkpoint import read_export
+from vwe.config import Config, CrfConfig, SegConfig
 from vwe.crf import crf_probs
 from vwe.data.datasets import deeplab_input
-from vwe.data.voc import read_mask, write_mask
-from vwe.errors import DataError
+from vwe.data.voc import image_size, label_is_complete, write_mask
 from vwe.models.deeplab import caffe_input, max_fusion, pyramid_logits
-from vwe.stages.make_cams import _objects
-from vwe.stages.train_deeplab import MODEL_DIR, load_trained_deeplab
+from vwe.ray.cluster import quiet_worker
+from vwe.ray.data import Actors, Tasks, actor_count, finish_manifest, map_items, objects, read_images, writable
+from vwe.run_folder import RunFolder
+from vwe.stages.stage import Stage, split_items
+from vwe.stages.train_seg import load_trained_deeplab
 
-PRED_DIR = "seg"
-
-
-def prediction_dir(out_dir: str | Path, split: str, crf: bool) -> str | Path:
-    return storage.join(out_dir, f"{PRED_DIR}_crf" if crf else PRED_DIR, split)
-
-
-def prediction_path(out_dir: str | Path, split: str, crf: bool, image_id: str) -> str | Path:
-    return storage.join(prediction_dir(out_dir, split, crf), f"{image_id}.png")
-
-
-def prediction_is_complete(path: str | Path) -> bool:
-    """A prediction counts as done when its PNG decodes (writes are atomic; this also catches damaged files)."""
-    try:
-        read_mask(path)
-    except DataError:
-        return False
-    return True
+log = logging.getLogger(__name__)
 
 
 def fused_logits(model: nn.Module, image: np.ndarray, scales: Sequence[float], caffe: bool,
@@ -60,37 +46,31 @@ def fused_logits(model: nn.Module, image: np.ndarray, scales: Sequence[float], c
     return logits[0].float().cpu()
 
 
-def crf_params(seg: SegConfig) -> dict[str, Any]:
-    """Keyword arguments of `vwe.crf.crf_probs` from the `seg` config section."""
-    return {"iterations": seg.crf_iterations, "gaussian_sxy": seg.crf_gaussian_sxy,
-            "gaussian_compat": seg.crf_gaussian_compat, "bilateral_sxy": seg.crf_bilateral_sxy,
-            "bilateral_srgb": seg.crf_bilateral_srgb, "bilateral_compat": seg.crf_bilateral_compat}
-
-
-def logits_to_label(logits: torch.Tensor, image: np.ndarray, crf: dict[str, Any] | None = None) -> np.ndarray:
+def logits_to_label(logits: torch.Tensor, image: np.ndarray, crf: CrfConfig | None = None) -> np.ndarray:
     """uint8 H x W labels: logits bilinearly upsampled to the image, then argmax (of the CRF marginals of their
-    softmax when `crf` holds the `crf_probs` arguments)."""
+    softmax when `crf` is given)."""
     upsampled = F.interpolate(logits[None].float(), size=image.shape[:2], mode="bilinear", align_corners=False)[0]
     if crf is None:
         return upsampled.argmax(dim=0).to(torch.uint8).numpy()
     probs = torch.softmax(upsampled, dim=0).numpy()
-    return crf_probs(image, probs, **crf).argmax(axis=0).astype(np.uint8)
+    return crf_probs(image, probs, crf).argmax(axis=0).astype(np.uint8)
 
 
 def predict(model: nn.Module, image: np.ndarray, seg: SegConfig, crf: bool = False,
             device: torch.device | str = "cpu") -> np.ndarray:
     """The label map of one uint8 H x W x 3 RGB image (the whole test protocol in one call)."""
     logits = fused_logits(model, image, seg.test_scales, caffe_input(seg), torch.device(device), seg.amp)
-    return logits_to_label(logits, image, crf_params(seg) if crf else None)
+    return logits_to_label(logits, image, seg.crf if crf else None)
 
 
 class SegPredictor:
     """Loads the trained DeepLab once; each call gives the fused logits of a batch of decoded images."""
 
-    def __init__(self, cfg: dict[str, Any], use_gpu: bool = False):
-        self.cfg = Config.from_dict(cfg)
-        self.device = torch.device("cuda" if use_gpu else "cpu")
-        self.model, trained = load_trained_deeplab(storage.join(self.cfg.out_dir, MODEL_DIR), self.device)
+    def __init__(self, cfg: Config):
+        quiet_worker(cfg.ray.cpus_per_worker)
+        self.cfg = cfg
+        self.device = torch.device("cuda" if cfg.ray.use_gpu else "cpu")
+        self.model, trained = load_trained_deeplab(RunFolder.of(cfg).deeplab, self.device)
         self.seg = trained.seg  # the network's own input convention, whatever the current config says
         if self.device.type == "cuda":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -103,23 +83,66 @@ class SegPredictor:
                   for image, error in zip(batch["image"], batch["error"])]
         seconds = (time.perf_counter() - start) / max(1, len(logits))
         return {"id": batch["id"], "path": batch["path"], "error": batch["error"], "image": batch["image"],
-                "logits": _objects(logits), "seconds": np.full(len(logits), seconds)}
+                "logits": objects(logits), "seconds": np.full(len(logits), seconds)}
 
 
-def write_labels(batch: dict[str, np.ndarray], cfg: dict[str, Any], split: str, crf: bool) -> dict[str, np.ndarray]:
-    """Upsamples (and CRFs) the logits of a batch, writes each label PNG; returns the manifest rows."""
-    config = Config.from_dict(cfg)
-    params = crf_params(config.seg) if crf else None
+def write_labels(batch: dict[str, np.ndarray], cfg: Config, split: str, crf: bool) -> dict[str, np.ndarray]:
+    """A task step: upsamples (and CRFs) the logits of a batch, writes each label PNG; returns the manifest rows."""
+    run = RunFolder.of(cfg)
     heights, widths, label_seconds = [], [], []
     for image_id, image, logits, error in zip(batch["id"], batch["image"], batch["logits"], batch["error"]):
         start = time.perf_counter()
         if not error:
-            # Ray Data hands out read-only arrays; torch wants writable ones
-            label = logits_to_label(torch.from_numpy(np.require(logits, requirements="W")), image, params)
-            write_mask(prediction_path(config.out_dir, split, crf, image_id), label)
+            label = logits_to_label(torch.from_numpy(writable(logits)), image, cfg.seg.crf if crf else None)
+            write_mask(run.prediction(split, crf, image_id), label)
         heights.append(image.shape[0])
         widths.append(image.shape[1])
         label_seconds.append(time.perf_counter() - start)
     return {"id": batch["id"], "path": batch["path"], "error": batch["error"], "height": np.array(heights),
             "width": np.array(widths), "seconds": batch["seconds"], "label_seconds": np.array(label_seconds),
             "crf": np.full(len(heights), crf)}
+
+
+def predict_split(cfg: Config, split: str | None = None, crf: bool | None = None) -> dict[str, Any]:
+    """Predictions of every image of `split` (default data.eval_split) that has none yet (`vwe infer-seg`); `crf`
+    defaults to seg.crf.enabled."""
+    run = RunFolder.of(cfg)
+    split = split or cfg.data.eval_split
+    crf = cfg.seg.crf.enabled if crf is None else crf
+    todo, done = split_items(cfg, split, lambda item: label_is_complete(run.prediction(split, crf, item["id"]),
+                                                                        image_size(item["path"])))
+    log.info("infer-seg on %s%s: %d to do, %d already done", split, " with CRF" if crf else "", len(todo), len(done))
+    rows = []
+    if todo:
+        read_export(run.deeplab, "train-seg")  # a missing or truncated model.pth is named here, not in an actor
+        batch = cfg.seg.infer_batch_size
+        items = [{"id": item["id"], "path": item["path"]} for item in todo]
+        # the CRF takes seconds per image: one image per task spreads it over every core of the cluster (on the CPU
+        # nodes when ray.crf_resource marks them, as for make-pseudo)
+        rows = map_items(items, [
+            Tasks(read_images, batch),
+            Actors(SegPredictor, batch, {"cfg": cfg}, actor_count(cfg.seg.num_actors, cfg.ray.use_gpu),
+                   cfg.ray.use_gpu),
+            Tasks(write_labels, 1 if crf else batch, {"cfg": cfg, "split": split, "crf": crf},
+                  cfg.ray.crf_resource if crf else "")], cfg.ray)
+    predictions = run.predictions(split, crf)
+    summary = finish_manifest("infer-seg", rows, len(done), run.manifest(predictions), cfg.data.skip_bad)
+    return {"split": split, "crf": crf, "predictions": str(predictions), **summary}
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    result = predict_split(cfg, cfg.data.eval_split)
+    return {**result, "images": result["processed"]}
+
+
+def is_complete(cfg: Config) -> bool:
+    folder, split, crf = RunFolder.of(cfg), cfg.data.eval_split, cfg.seg.crf.enabled
+    todo, _ = split_items(cfg, split, lambda item: label_is_complete(folder.prediction(split, crf, item["id"]),
+                                                                     image_size(item["path"])))
+    return not todo
+
+
+STAGE = Stage(
+    name="infer_seg", run=run, is_complete=is_complete,
+    outputs=lambda cfg: RunFolder.of(cfg).prediction_roots,
+    depends_on=("data.eval_split", "seg.test_scales", "seg.crf", "seg.amp"))

@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vwe.cli import add_config_args, config_from_args
-from vwe.commands import add_ray_args, ray_overrides
+from vwe.cli.common import add_config_args, add_ray_args, config_from_args, locked
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,34 +37,38 @@ def _add_prediction_args(parser: argparse.ArgumentParser, default_split: str, ra
         add_ray_args(parser)
     parser.add_argument("--split", help=f"default: {default_split}")
     parser.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
-                        help="dense CRF on the softmax (default: seg.crf)")
+                        help="dense CRF on the softmax (default: seg.crf.enabled)")
 
 
 def _train_seg(args: argparse.Namespace) -> int:
-    from vwe.ray.train import fit
+    from vwe.run_folder import RunFolder
+    from vwe.stages.train_seg import train_deeplab
 
-    cfg = config_from_args(args).with_overrides(ray_overrides(args))
-    result = fit("train_seg", cfg, resume=args.resume, restart=args.restart)
-    result.pop("history", None)
+    cfg = config_from_args(args)
+    with locked(cfg):
+        result = train_deeplab(cfg, resume=args.resume, restart=args.restart)
+    result.pop("history")
     print(json.dumps(result, indent=2))
-    print(f"DeepLab weights: {cfg.resolved().out_dir}/deeplab/model.pth")
+    print(f"DeepLab weights: {RunFolder.of(cfg).deeplab}/model.pth")
     return 0
 
 
 def _infer_seg(args: argparse.Namespace) -> int:
-    from vwe.ray.segmentation import run_infer_seg
+    from vwe.stages.infer_seg import predict_split
 
-    cfg = config_from_args(args).with_overrides(ray_overrides(args))
-    print(json.dumps(run_infer_seg(cfg, args.split, args.crf), indent=2))
+    cfg = config_from_args(args)
+    with locked(cfg):
+        print(json.dumps(predict_split(cfg, args.split, args.crf), indent=2))
     return 0
 
 
 def _eval_seg(args: argparse.Namespace) -> int:
-    from vwe.ray.segmentation import run_eval_seg
-    from vwe.stages.evaluate import format_table
+    from vwe.evaluation import format_table
+    from vwe.stages.eval_seg import evaluate_predictions
 
-    cfg = config_from_args(args).with_overrides(ray_overrides(args))
-    summary = run_eval_seg(cfg, args.split, args.crf, args.pred_dir)
+    cfg = config_from_args(args)
+    with locked(cfg):
+        summary = evaluate_predictions(cfg, args.split, args.crf, args.pred_dir)
     print(format_table(summary))
     print(f"mIoU {100 * summary['miou']:.2f} on {summary['split']} ({summary['images']} images"
           f"{', CRF' if summary['crf'] else ''})")
@@ -74,15 +77,14 @@ def _eval_seg(args: argparse.Namespace) -> int:
 
 
 def _export_voc(args: argparse.Namespace) -> int:
-    from vwe import storage
+    from vwe.run_folder import RunFolder
     from vwe.stages.export_voc import export_voc
-    from vwe.stages.infer_seg import prediction_dir
 
-    cfg = config_from_args(args).resolved()
+    cfg = config_from_args(args)
+    run = RunFolder.of(cfg)
     split = args.split or cfg.seg.test_split
-    crf = cfg.seg.crf if args.crf is None else args.crf
-    archive = args.out or storage.join(cfg.out_dir, "voc_server", f"{split}{'_crf' if crf else ''}.tar.gz")
-    result = export_voc(cfg.data.root, split, prediction_dir(cfg.out_dir, split, crf), archive,
-                        cfg.data.num_classes)
+    crf = cfg.seg.crf.enabled if args.crf is None else args.crf
+    archive = args.out or run.voc_server_archive(split, crf)
+    result = export_voc(cfg.data.root, split, run.predictions(split, crf), archive, cfg.data.num_classes)
     print(json.dumps(result, indent=2))
     return 0

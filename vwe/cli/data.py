@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from vwe.cli import add_config_args, config_from_args
+from vwe.cli.common import add_config_args, config_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

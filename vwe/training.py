@@ -2,7 +2,7 @@
 checkpoints, resume. A stage supplies the model, optimizer, dataset and one-step function.
 
 A loop runs in this process (`vwe.checkpoint.LocalSession`) or once per Ray Train worker
-(`vwe.ray.train.RaySession`); the session owns devices, DDP, checkpoints and reporting.
+(`vwe.ray.train.RaySession`); the session owns devices, DDP, checkpoints and reporting. Nothing here imports Ray.
 
 Determinism, which exact resume relies on: the global batches of epoch e are a permutation seeded by (seed, e),
 each worker takes its slice of every global batch, and a dataset with `set_epoch` augments item i of epoch e with
@@ -102,16 +102,16 @@ def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> N
         group["lr"] = base_lr * group["lr_mult"] * factor
 
 
-def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float, momentum: float, weight_decay: float,
-                   key: str) -> torch.optim.Optimizer:
+def make_optimizer(name: str, groups: list[dict[str, Any]], lr: float, momentum: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
     """SGD (momentum) or AdamW over param groups that carry an `lr_mult`, LRs set for step 0; keywords only
-    (METHOD P1). A group's own `weight_decay` wins over `weight_decay`; `key` is the config field named in errors."""
+    (METHOD P1). A group's own `weight_decay` wins over `weight_decay`."""
     if name == "sgd":
         optimizer = torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay)
     elif name == "adamw":
         optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
     else:
-        raise ConfigError(f"{key} must be sgd or adamw, got {name!r}")
+        raise ValueError(f"optimizer must be sgd or adamw, got {name!r}")
     set_lr(optimizer, lr, 1.0)
     return optimizer
 

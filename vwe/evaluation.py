@@ -1,7 +1,8 @@
-"""Evaluation shared by the stages: per-image confusion matrices, mIoU reports (JSON + CSV), and the CAM
-background-threshold sweep (IRNet's eval_cam, METHOD §2).
+"""Evaluation shared by the stages: per-image confusion matrices of label PNGs and of CAMs at every background
+score (IRNet's eval_cam, METHOD §2), their summaries and the mIoU reports (JSON + CSV).
 
-mIoU is the mean over classes present in the ground truth (`vwe.metrics`), on SegmentationClassAug when present.
+mIoU is the mean over classes present in the ground truth (`vwe.metrics`); ground truth is
+`SegmentationClassAug/<id>.png` when present, else `SegmentationClass/<id>.png`, its 255 pixels left out.
 """
 from __future__ import annotations
 
@@ -17,10 +18,10 @@ from torch import nn
 
 from vwe import storage
 from vwe.cam import batched_cams, load_cam
-from vwe.data.voc import CLASSES, NUM_CLASSES, VOCDataset, read_image, read_mask
+from vwe.data.voc import CLASSES, IGNORE, NUM_CLASSES, VOCDataset, read_image, read_mask
 from vwe.errors import DataError
 from vwe.io import write_json, write_text
-from vwe.metrics import ConfusionMatrix, sweep_confusions
+from vwe.metrics import ConfusionMatrix, confusion, sweep_confusions
 
 CLASS_NAMES = ("background", *CLASSES)
 
@@ -32,9 +33,68 @@ def gt_mask(voc: VOCDataset, image_id: str) -> np.ndarray:
     return read_mask(path)
 
 
+def eval_items(root: str | Path, split: str, label_dir: str | Path, hint: str) -> list[dict[str, str]]:
+    """{"id", "mask", "pred"} for every id of `split`; a missing mask or label PNG is a DataError naming it (and
+    saying `hint`, how to make the missing labels)."""
+    voc = VOCDataset(root)
+    present = set(storage.listdir(label_dir))  # one listing, not a request per id (slow in an object store)
+    items, no_mask, no_pred = [], [], []
+    for image_id in voc.split_ids(split):
+        mask = voc.mask_path(image_id)
+        pred = storage.join(label_dir, f"{image_id}.png")
+        if mask is None:
+            no_mask.append(image_id)
+        elif f"{image_id}.png" not in present:
+            no_pred.append(pred)
+        else:
+            items.append({"id": image_id, "mask": str(mask), "pred": str(pred)})
+    if no_mask:
+        raise DataError(f"{voc.split_path(split)}: {len(no_mask)} ids have no ground-truth mask, e.g. {no_mask[0]}; "
+                        "evaluate a split with masks")
+    if no_pred:
+        raise DataError(f"{label_dir}: {len(no_pred)} label files missing for split {split!r}, e.g. {no_pred[0]} "
+                        f"({hint})")
+    return items
+
+
+def image_confusion(pred_path: str | Path, mask_path: str | Path, num_classes: int,
+                    unsure_as_background: bool = False) -> np.ndarray:
+    """num_classes x num_classes confusion (rows ground truth) of one label PNG against its mask.
+
+    `unsure_as_background`: 255 in the prediction (a pseudo label's unsure pixel) counts as background.
+    """
+    pred = read_mask(pred_path)
+    gt = read_mask(mask_path)
+    if pred.shape != gt.shape:
+        raise DataError(f"{pred_path}: prediction size {pred.shape[1]}x{pred.shape[0]} (WxH) differs from its mask "
+                        f"{mask_path} ({gt.shape[1]}x{gt.shape[0]})")
+    if unsure_as_background:
+        pred = np.where(pred == IGNORE, 0, pred)
+    try:
+        return confusion(gt, pred, num_classes)
+    except ValueError as err:
+        raise DataError(f"{pred_path}: {err}") from err
+
+
+def batch_confusion(batch: dict[str, np.ndarray], num_classes: int,
+                    unsure_as_background: bool = False) -> dict[str, np.ndarray]:
+    """One summed confusion matrix per batch of {"pred", "mask"} rows (1 x C x C), and the image count."""
+    total = np.zeros((num_classes, num_classes), np.int64)
+    for pred, mask in zip(batch["pred"], batch["mask"]):
+        total += image_confusion(pred, mask, num_classes, unsure_as_background)
+    return {"confusion": total[None], "images": np.array([len(batch["pred"])])}
+
+
+def summarize(matrix: np.ndarray) -> dict[str, Any]:
+    """mIoU, pixel accuracy, per-class IoU (None for classes absent from the ground truth) and the matrix."""
+    scores = ConfusionMatrix(len(matrix), matrix).compute()
+    return {"miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy, "iou": _per_class(scores.iou),
+            "confusion": np.asarray(matrix).tolist()}
+
+
 def cam_sweep(cam_file: str | Path, gt: np.ndarray, thresholds: list[float],
               num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """T x C x C confusions (C = num_classes + 1) of one image's CAM labels at every background threshold."""
+    """T x C x C confusions (C = num_classes + 1) of one image's CAM labels at every background score."""
     result = load_cam(cam_file)
     if result.high_res.shape[1:] != gt.shape:
         raise DataError(f"{cam_file}: CAM size {result.high_res.shape[1:]} differs from its mask {gt.shape}")

@@ -1,7 +1,8 @@
-"""Stage 1 (IRNet's train_cam): the multi-label classifier with visual words and HSPP (METHOD §1).
+"""Stage 1 (IRNet's train_cam): the multi-label classifier with visual words and HSPP (METHOD §1), on Ray Train.
 
 The optimisation follows METHOD §1.6: global batch 16 split over the workers, poly LR with new layers at 10x,
-weight decay 1e-4, 6 epochs of train_aug. The loop itself is `vwe.stages.training.run`.
+weight decay 1e-4, 6 epochs of train_aug. The loop itself is `vwe.training.run`; `train` runs on every Ray Train
+worker. Output: `<out_dir>/classifier/model.pth` + `config.yaml`; checkpoints in `<ray storage>/train_cam/`.
 """
 from __future__ import annotations
 
@@ -10,25 +11,27 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
-from vwe import storage
-from vwe.checkpoint import unwrap
+from vwe import evaluation, storage, training
+from vwe.checkpoint import export_model, read_export, unwrap
 from vwe.config import Config, TrainConfig
 from vwe.data.datasets import ClassificationDataset
-from vwe.io import atomic_path, write_text
 from vwe.losses import classifier_loss
 from vwe.models import Classifier, build_classifier
-from vwe.stages import evaluate, training
+from vwe.models.weights import check_weights
+from vwe.ray.train import fit
+from vwe.run_folder import RunFolder
+from vwe.stages.stage import Stage
+
+NAME = "train_cam"
 
 
 def build_optimizer(model: Classifier, train: TrainConfig) -> torch.optim.Optimizer:
     """SGD (or AdamW) over (backbone x1, new layers x new_layer_lr_mult); keyword arguments only (METHOD P1)."""
     backbone, new = model.param_groups()
     groups = [{"params": backbone, "lr_mult": 1.0}, {"params": new, "lr_mult": train.new_layer_lr_mult}]
-    return training.make_optimizer(train.optimizer, groups, train.lr, train.momentum, train.weight_decay,
-                                   key="train.optimizer")
+    return training.make_optimizer(train.optimizer, groups, train.lr, train.momentum, train.weight_decay)
 
 
 def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
@@ -72,7 +75,7 @@ def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None =
     result = training.run(session, model, optimizer, dataset, functools.partial(train_step, cfg=cfg), schedule,
                           cfg.to_dict(), compile_model=train_cfg.compile, fault=fault, epoch_eval=epoch_eval)
     if session.rank == 0:
-        export_model(model, cfg, storage.join(cfg.out_dir, "classifier"))
+        export_model(model, cfg, RunFolder.of(cfg).classifier)
     return result
 
 
@@ -80,7 +83,7 @@ def epoch_cam_miou(model: nn.Module, cfg: Config) -> dict[str, float]:
     """CAM mIoU at the best background threshold on the first `train.eval_images` images of data.cam_split, with
     the configured CAM scales; the per-epoch signal of `vwe tune`'s early stopping."""
     device = next(model.parameters()).device
-    summary = evaluate.model_cam_sweep(
+    summary = evaluation.model_cam_sweep(
         model, cfg.data.root, cfg.data.cam_split, list(cfg.cam.sweep), num_images=cfg.train.eval_images,
         scales=cfg.cam.scales, batch_size=cfg.cam.batch_size,
         dtype=torch.bfloat16 if device.type == "cuda" and cfg.cam.amp else torch.float32,
@@ -88,21 +91,40 @@ def epoch_cam_miou(model: nn.Module, cfg: Config) -> dict[str, float]:
     return {"cam_miou": summary["best_miou"], "cam_threshold": summary["best_threshold"]}
 
 
-def export_model(model: nn.Module, cfg: Config, directory: str | Path) -> str | Path:
-    """Writes `model.pth` (a plain state dict) and `config.yaml` beside it (a folder or URI); returns the weights
-    path."""
-    weights = storage.join(directory, "model.pth")
-    write_text(storage.join(directory, "config.yaml"), yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    with atomic_path(weights) as tmp:
-        torch.save(unwrap(model).state_dict(), tmp)
-    return weights
-
-
 def load_trained_classifier(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, Config]:
     """The exported classifier (`model.pth` + `config.yaml` in `directory`, a folder or URI), in eval mode."""
-    config_path = storage.join(directory, "config.yaml")
-    cfg = Config.from_dict(yaml.safe_load(storage.read_text(config_path)), source=str(config_path))
+    state, cfg = read_export(directory, "train-cam")
     model = build_classifier(cfg, load_pretrained=False)
-    with storage.local_copy(storage.join(directory, "model.pth")) as weights:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.load_state_dict(state)
     return model.to(device).eval(), cfg
+
+
+def check_inputs(cfg: Config) -> None:
+    """What the workers will read, checked here first: the training split and the ImageNet weights."""
+    dataset = ClassificationDataset(cfg.data.root, cfg.data.train_split, num_classes=cfg.data.num_classes)
+    training.steps_per_epoch(len(dataset), cfg.train.batch_size, cfg.data.train_split)
+    if cfg.model.pretrained:
+        check_weights(cfg.model.pretrained, key="model.pretrained")
+
+
+def train_classifier(cfg: Config, *, resume: bool = False, restart: bool = False,
+                     fault: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Stage 1 on Ray Train (`vwe train-cam`); returns rank 0's last metrics, the step it resumed from and every report."""
+    check_inputs(cfg)
+    return fit(cfg, NAME, train, resume=resume, restart=restart, fault=fault)
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    result = train_classifier(cfg)
+    result.pop("history")
+    return {**result, "images": cfg.train.batch_size * (result["step"] - result["resumed_from"])}
+
+
+STAGE = Stage(
+    name=NAME, run=run,
+    is_complete=lambda cfg: storage.is_file(storage.join(RunFolder.of(cfg).classifier, "model.pth")),
+    outputs=lambda cfg: [RunFolder.of(cfg).classifier, RunFolder.of(cfg).train_run(NAME)],
+    depends_on=("data.train_split", "data.num_classes", "model", "train.batch_size", "train.epochs", "train.lr",
+                "train.new_layer_lr_mult", "train.optimizer", "train.momentum", "train.weight_decay",
+                "train.poly_power", "train.crop_size", "train.resize_long", "train.flip", "train.seed", "train.amp",
+                "train.channels_last", "train.compile", "train.max_steps"))

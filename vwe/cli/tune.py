@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from vwe.cli import add_config_args, config_from_args
+from vwe.cli.common import add_config_args, config_from_args
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -27,8 +27,6 @@ def _tune(args: argparse.Namespace) -> int:
     from vwe.ray.tune import run_sweep
 
     cfg = config_from_args(args)
-    if args.address:
-        cfg = cfg.with_overrides({"ray.address": args.address})
     overrides = {"max_concurrent_trials": args.max_concurrent, "num_samples": args.num_samples,
                  "scheduler": args.scheduler}
     summary = run_sweep(cfg, args.space, name=args.name, resume=args.resume, overrides=overrides)

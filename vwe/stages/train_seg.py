@@ -2,8 +2,9 @@
 
 Global batch 10 split over the workers (the authors' 5 x gradient accumulation 2, METHOD P13), 321 crops, one
 of 5 scales per image, SGD momentum 0.9 with weight decay 5e-4, poly LR from 2.5e-4 over 20,000 steps, ASPP at
-10x / 20x, BN frozen, cross-entropy (255 ignored) summed over the 4 MSC outputs. The loop itself is
-`vwe.stages.training.run`, shared with the classifier (progress, checkpoints, resume, fault recovery).
+10x / 20x, BN frozen, cross-entropy (255 ignored) summed over the 4 MSC outputs, on Ray Train. The loop itself is
+`vwe.training.run`, shared with the classifier (progress, checkpoints, resume, fault recovery).
+Output: `<out_dir>/deeplab/model.pth` + `config.yaml`; checkpoints in `<ray storage>/train_seg/`.
 """
 from __future__ import annotations
 
@@ -13,33 +14,32 @@ from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
-import yaml
 from torch import Tensor, nn
 
-from vwe import storage
-from vwe.checkpoint import unwrap
+from vwe import storage, training
+from vwe.checkpoint import export_model, read_export, unwrap
 from vwe.config import Config, SegConfig
 from vwe.data.datasets import SegmentationDataset
 from vwe.data.voc import IGNORE
-from vwe.errors import DataError
 from vwe.models.deeplab import DeepLabV2, MultiScaleDeepLab, build_deeplab, caffe_input
-from vwe.stages import training
-from vwe.stages.make_pseudo_labels import LABEL_DIR
-from vwe.stages.train_classifier import export_model
+from vwe.models.weights import check_weights
+from vwe.ray.train import fit
+from vwe.run_folder import RunFolder
+from vwe.stages.stage import Stage
 
-MODEL_DIR = "deeplab"
+NAME = "train_seg"
 
 
 def labels_dir(cfg: Config) -> str | Path:
     """Where the training labels are: `seg.labels_dir`, by default `<out_dir>/pseudo_labels` (a folder or URI)."""
-    return storage.join(cfg.seg.labels_dir or storage.join(cfg.out_dir, LABEL_DIR))
+    return storage.join(cfg.seg.labels_dir or RunFolder.of(cfg).pseudo_labels)
 
 
 def build_optimizer(model: DeepLabV2, seg: SegConfig) -> torch.optim.Optimizer:
     """SGD (or AdamW) over the backbone convs (x1), ASPP weights (x10) and ASPP biases (x20, no weight decay);
     keywords only."""
     groups = model.param_groups(seg.weight_decay, seg.aspp_weight_lr_mult, seg.aspp_bias_lr_mult)
-    return training.make_optimizer(seg.optimizer, groups, seg.lr, seg.momentum, seg.weight_decay, key="seg.optimizer")
+    return training.make_optimizer(seg.optimizer, groups, seg.lr, seg.momentum, seg.weight_decay)
 
 
 def resize_labels(labels: Tensor, size: Sequence[int]) -> Tensor:
@@ -103,17 +103,45 @@ def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None =
     result = training.run(session, model, optimizer, dataset, functools.partial(train_step, cfg=cfg), schedule,
                           cfg.to_dict(), compile_model=seg.compile, fault=fault)
     if session.rank == 0:
-        export_model(base, cfg, storage.join(cfg.out_dir, MODEL_DIR))
+        export_model(base, cfg, RunFolder.of(cfg).deeplab)
     return result
 
 
 def load_trained_deeplab(directory: str | Path, device: str | torch.device = "cpu") -> tuple[DeepLabV2, Config]:
     """The exported DeepLab (`model.pth` + `config.yaml` in `directory`, a folder or URI), in eval mode."""
-    config_path, weights = storage.join(directory, "config.yaml"), storage.join(directory, "model.pth")
-    if not (storage.is_file(config_path) and storage.is_file(weights)):
-        raise DataError(f"{directory}: no trained DeepLab (model.pth + config.yaml); run `vwe train-seg` first")
-    cfg = Config.from_dict(yaml.safe_load(storage.read_text(config_path)), source=str(config_path))
+    state, cfg = read_export(directory, "train-seg")
     model = build_deeplab(cfg.seg, cfg.data.num_classes + 1, load_pretrained=False)
-    with storage.local_copy(weights) as local:
-        model.load_state_dict(torch.load(local, map_location="cpu", weights_only=True))
+    model.load_state_dict(state)
     return model.to(device).eval(), cfg
+
+
+def check_inputs(cfg: Config) -> None:
+    """What the workers will read, checked here first: the training split, its labels and the init weights."""
+    dataset = SegmentationDataset(cfg.data.root, cfg.data.train_split, labels_dir(cfg))
+    training.steps_per_epoch(len(dataset), cfg.seg.batch_size, cfg.data.train_split)
+    if cfg.seg.pretrained:
+        check_weights(cfg.seg.pretrained, key="seg.pretrained")
+
+
+def train_deeplab(cfg: Config, *, resume: bool = False, restart: bool = False,
+                  fault: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Stage 4 on Ray Train (`vwe train-seg`); returns rank 0's last metrics, the step it resumed from and every report."""
+    check_inputs(cfg)
+    return fit(cfg, NAME, train, resume=resume, restart=restart, fault=fault)
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    result = train_deeplab(cfg)
+    result.pop("history")
+    return {**result, "images": cfg.seg.batch_size * (result["step"] - result["resumed_from"])}
+
+
+STAGE = Stage(
+    name=NAME, run=run,
+    is_complete=lambda cfg: storage.is_file(storage.join(RunFolder.of(cfg).deeplab, "model.pth")),
+    outputs=lambda cfg: [RunFolder.of(cfg).deeplab, RunFolder.of(cfg).train_run(NAME)],
+    depends_on=("data.train_split", "data.num_classes", "seg.backbone", "seg.init", "seg.pretrained",
+                "seg.labels_dir", "seg.batch_size", "seg.iterations", "seg.lr", "seg.optimizer",
+                "seg.aspp_weight_lr_mult", "seg.aspp_bias_lr_mult", "seg.momentum", "seg.weight_decay",
+                "seg.poly_power", "seg.crop_size", "seg.scales", "seg.flip", "seg.train_msc_scales",
+                "seg.aspp_rates", "seg.amp", "seg.channels_last", "seg.compile", "seg.seed", "seg.max_steps"))

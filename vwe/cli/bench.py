@@ -1,0 +1,72 @@
+"""`vwe bench train | cam | crf`: throughput benchmarks (speed lives here, never in the tests)."""
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    bench = subparsers.add_parser("bench", help="throughput benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="WHAT")
+    bench_train = bench_sub.add_parser("train", help="images/s of the classifier training step")
+    bench_train.add_argument("--backbones", nargs="+", help="default: resnet50 resnet101 on GPU, resnet-tiny on CPU")
+    bench_train.add_argument("--batch-size", type=int, help="per device (default 16 on GPU, 4 on CPU)")
+    bench_train.add_argument("--size", type=int, help="crop size (default 512 on GPU, 64 on CPU)")
+    bench_train.add_argument("--steps", type=int, default=20, help="timed steps per measurement")
+    bench_train.add_argument("--loader-workers", type=int, help="DataLoader processes for the full step")
+    bench_train.add_argument("--data-root", help="a VOC2012 folder (default: a synthetic one made for the run)")
+    bench_train.add_argument("--json", help="also write the table as JSON here")
+    bench_train.set_defaults(handler=_bench_train)
+    bench_cam = bench_sub.add_parser("cam", help="images/s of multi-scale CAM inference, reference vs batched")
+    bench_cam.add_argument("--backbones", nargs="+", help="default: resnet50 resnet101 on GPU, resnet-tiny on CPU")
+    bench_cam.add_argument("--images", type=int, help="images to time (default 128 on GPU, 8 on CPU)")
+    bench_cam.add_argument("--batch-size", type=int, default=16)
+    bench_cam.add_argument("--json", help="also write the table as JSON here")
+    bench_cam.set_defaults(handler=_bench_cam)
+    bench_crf = bench_sub.add_parser("crf", help="dense CRF s/image on one core and the speedup on all cores")
+    bench_crf.add_argument("--images", type=int, help="images per measurement (default 2 per core)")
+    bench_crf.add_argument("--size", default="375x500", help="HxW (default 375x500, VOC's usual size)")
+    bench_crf.add_argument("--labels", type=int, nargs="+", default=[3, 21], help="CRF label counts to time")
+    bench_crf.add_argument("--json", help="also write the table as JSON here")
+    bench_crf.set_defaults(handler=_bench_crf)
+
+
+def _bench_train(args: argparse.Namespace) -> int:
+    from vwe.bench import bench_train
+
+    return _table(args, bench_train(backbones=args.backbones, batch_size=args.batch_size, size=args.size,
+                                    steps=args.steps, loader_workers=args.loader_workers, data_root=args.data_root))
+
+
+def _bench_cam(args: argparse.Namespace) -> int:
+    from vwe.bench import bench_cam
+
+    return _table(args, bench_cam(backbones=args.backbones, images=args.images, batch_size=args.batch_size))
+
+
+def _bench_crf(args: argparse.Namespace) -> int:
+    from vwe.bench import bench_crf
+
+    height, _, width = args.size.partition("x")
+    return _table(args, bench_crf(images=args.images, height=int(height), width=int(width),
+                                  labels=tuple(args.labels)))
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    """Rows of same-keyed dicts as an aligned text table."""
+    if not rows:
+        return
+    columns = list(rows[0])
+    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in columns}
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    for row in rows:
+        print("  ".join(str(row[c]).ljust(widths[c]) for c in columns))
+
+
+def _table(args: argparse.Namespace, rows: list[dict]) -> int:
+    from vwe.io import write_json
+
+    print_table(rows)
+    if args.json:
+        write_json(args.json, rows)
+    return 0
