@@ -13,7 +13,7 @@ from PIL import Image
 
 import vwe.data
 from vwe.data import voc
-from vwe.data.datasets import ClassificationDataset, InferenceDataset
+from vwe.data.datasets import ClassificationDataset
 from vwe.data.transforms import IMAGENET_MEAN, IMAGENET_STD, InferenceTransform, RandomResizeLong, TrainTransform
 from vwe.data.voc import CLASSES, VOCDataset, palette, read_image, read_mask, write_mask
 from vwe.errors import DataError
@@ -203,7 +203,7 @@ def test_missing_root_is_named(tmp_path):
 def test_skip_bad_records_the_ids_and_goes_on(root, tmp_path):
     jpeg, mask = _remove_jpeg(root), _label_42(root)
     report = VOCDataset(root).check(skip_bad=True, report_dir=tmp_path / "reports")
-    assert report.bad_ids == {"2011_000006", "2007_000346"}
+    assert {bad.image_id for bad in report.bad} == {"2011_000006", "2007_000346"}
     assert report.counts == {"train": 3, "val": 2}
     saved = json.loads(report.report_path.read_text())
     assert report.report_path.parent == tmp_path / "reports"
@@ -253,7 +253,8 @@ def test_prepare_with_sbd(root, tmp_path):
         TRAIN + ["2008_000002", "2008_000003"])
     report = VOCDataset(root).check(sbd_root=sbd, skip_bad=True)
     assert "SBD lists: train 2, val 1" in report.notes
-    assert report.bad_ids == {"2008_000002", "2008_000003"}  # SBD ids whose JPEGs are not in this root
+    # SBD ids whose JPEGs are not in this root
+    assert {bad.image_id for bad in report.bad} == {"2008_000002", "2008_000003"}
     with pytest.raises(DataError, match=f"{tmp_path / 'nosbd'}: SBD folder not found"):
         VOCDataset(root).check(sbd_root=tmp_path / "nosbd")
     (sbd / "val.txt").unlink()
@@ -339,12 +340,14 @@ def test_classification_dataset(root):
     assert len(ClassificationDataset(root, "train", crop_size=32, exclude=["2011_000003"])) == 2
 
 
-def test_inference_dataset(root):
+def test_a_split_reads_as_images_masks_and_labels(root):
     (root / "ImageSets" / "Segmentation" / "test.txt").write_text("2099_000001\n")
     shutil.copyfile(root / "JPEGImages" / "2011_000003.jpg", root / "JPEGImages" / "2099_000001.jpg")
-    item = InferenceDataset(root, "val")[0]
-    assert item["id"] == "2007_000129" and item["image"].shape == (500, 334, 3) and item["image"].dtype == np.uint8
-    assert item["mask"].shape == (500, 334) and set(np.unique(item["mask"])) == {0, 2, 15, 255}
-    assert set(np.flatnonzero(item["labels"]) + 1) == {2, 15}
-    test_item = InferenceDataset(root, "test")[0]
-    assert test_item["mask"] is None and not test_item["labels"].any()
+    dataset = VOCDataset(root)
+    image_id = dataset.split_ids("val")[0]
+    image, mask = read_image(dataset.image_path(image_id)), read_mask(dataset.mask_path(image_id))
+    assert image_id == "2007_000129" and image.shape == (500, 334, 3) and image.dtype == np.uint8
+    assert mask.shape == (500, 334) and set(np.unique(mask)) == {0, 2, 15, 255}
+    assert set(np.flatnonzero(dataset.image_labels()[image_id]) + 1) == {2, 15}
+    test_id = dataset.split_ids("test")[0]
+    assert dataset.mask_path(test_id) is None and test_id not in dataset.image_labels()

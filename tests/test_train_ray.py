@@ -6,7 +6,7 @@ import torch
 
 from vwe.config import load_config
 from vwe.ray.train import checkpoint_dirs
-from vwe.stages.train_cam import train_classifier as fit_classifier
+from vwe.stages.train_cam import train_classifier
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -30,7 +30,7 @@ def assert_same_weights(a: dict, b: dict) -> None:
 def reference_run(ray_local, synth_root, tmp_path_factory):
     """An uninterrupted 2-worker run: 2 epochs of 12 global batches of 8."""
     out = tmp_path_factory.mktemp("reference")
-    result = fit_classifier(tiny_config(synth_root, out))
+    result = train_classifier(tiny_config(synth_root, out))
     return out, result
 
 
@@ -54,9 +54,9 @@ def test_loss_falls(reference_run):
 
 def test_resume_continues_from_checkpoint(reference_run, synth_root, tmp_path):
     ref_out, _ = reference_run
-    first = fit_classifier(tiny_config(synth_root, tmp_path, "train.max_steps=10"))
+    first = train_classifier(tiny_config(synth_root, tmp_path, "train.max_steps=10"))
     assert first["step"] == 10
-    second = fit_classifier(tiny_config(synth_root, tmp_path), resume=True)
+    second = train_classifier(tiny_config(synth_root, tmp_path), resume=True)
     assert second["resumed_from"] == 10 and second["step"] == 24
     assert_same_weights(final_weights(tmp_path), final_weights(ref_out))
 
@@ -64,7 +64,7 @@ def test_resume_continues_from_checkpoint(reference_run, synth_root, tmp_path):
 def test_worker_fault_recovers_to_same_weights(reference_run, synth_root, tmp_path):
     ref_out, _ = reference_run
     fault = {"step": 10, "rank": 1, "marker": str(tmp_path / "fault_happened")}
-    result = fit_classifier(tiny_config(synth_root, tmp_path, "ray.max_failures=1"), fault=fault)
+    result = train_classifier(tiny_config(synth_root, tmp_path, "ray.max_failures=1"), fault=fault)
     assert (tmp_path / "fault_happened").exists(), "the fault hook never fired"
     assert result["step"] == 24 and result["resumed_from"] == 8  # last checkpoint before the fault
     assert_same_weights(final_weights(tmp_path), final_weights(ref_out))
@@ -74,5 +74,5 @@ def test_resume_without_a_checkpoint_is_refused(synth_root, tmp_path):
     from vwe.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"--resume: no checkpoint to resume in .*train_cam"):
-        fit_classifier(tiny_config(synth_root, tmp_path), resume=True)
+        train_classifier(tiny_config(synth_root, tmp_path), resume=True)
     assert not (tmp_path / "classifier").exists()

@@ -7,7 +7,7 @@ truth (the VWE protocol; IRNet's chainercv instead also counts classes that are 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -44,7 +44,7 @@ class SegmentationScores:
 
 
 class ConfusionMatrix:
-    """Accumulates a confusion matrix over images (and workers) and turns it into IoU scores."""
+    """Accumulates a confusion matrix over images and turns it into IoU scores."""
 
     def __init__(self, num_classes: int = 21, matrix: np.ndarray | None = None) -> None:
         self.num_classes = num_classes
@@ -64,17 +64,6 @@ class ConfusionMatrix:
         self.matrix += counts.astype(np.int64)
         return self
 
-    def __add__(self, other: ConfusionMatrix | np.ndarray) -> ConfusionMatrix:
-        return ConfusionMatrix(self.num_classes, self.matrix).add(other)
-
-    @classmethod
-    def merge(cls, parts: Iterable[ConfusionMatrix | np.ndarray], num_classes: int = 21) -> ConfusionMatrix:
-        """Sum of many matrices, e.g. the per-shard results of a distributed evaluation."""
-        total = cls(num_classes)
-        for part in parts:
-            total.add(part)
-        return total
-
     def compute(self) -> SegmentationScores:
         counts = self.matrix.astype(np.float64)
         tp = np.diag(counts)
@@ -87,31 +76,6 @@ class ConfusionMatrix:
         total = counts.sum()
         accuracy = float(tp.sum() / total) if total > 0 else float("nan")
         return SegmentationScores(iou=iou, miou=miou, pixel_accuracy=accuracy)
-
-    def table(self, class_names: Sequence[str] | None = None) -> list[tuple[str, float]]:
-        """Rows (class name, IoU) for every class, then ("mIoU", mIoU); IoU as a fraction, nan when absent."""
-        names = list(class_names) if class_names is not None else [str(c) for c in range(self.num_classes)]
-        if len(names) != self.num_classes:
-            raise ValueError(f"{len(names)} class names for {self.num_classes} classes")
-        scores = self.compute()
-        return [*zip(names, (float(v) for v in scores.iou)), ("mIoU", scores.miou)]
-
-    def all_reduce(self) -> ConfusionMatrix:
-        """Sums the matrix over all ranks when torch.distributed is initialised (no-op otherwise); returns self."""
-        import torch
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
-            return self
-        device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
-        counts = torch.from_numpy(self.matrix).to(device)
-        dist.all_reduce(counts)
-        self.matrix = counts.cpu().numpy()
-        return self
-
-    def __str__(self) -> str:
-        rows = self.table()
-        return "\n".join(f"{name:>12s} {100 * value:6.2f}" for name, value in rows)
 
 
 def sweep_confusions(

@@ -25,8 +25,8 @@ def add_ray_args(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    """The command's config: its file, then --set, then the flags that stand for config keys (--out of run/ablate, --address,
-    --num-workers, --gpu), checked and resolved once."""
+    """The command's config: its file, then --set, then the flags that stand for config keys (--out of run and
+    ablate, --address, --num-workers, --gpu), checked and resolved once."""
     overrides = [item for group in args.overrides for item in group]
     flags = {"out_dir": getattr(args, "run_folder", None), "ray.address": getattr(args, "address", None),
              "ray.num_workers": getattr(args, "num_workers", None),

@@ -54,36 +54,6 @@ class ClassificationDataset(Dataset):
         return {"id": image_id, "image": torch.from_numpy(image), "labels": torch.from_numpy(self.labels[image_id])}
 
 
-class InferenceDataset(Dataset):
-    """Items {"id", "image": uint8 H x W x 3, "labels": float32[num_classes], "mask": uint8 H x W or None} of one
-    split.
-
-    Labels are all zero for an id with neither mask nor annotation (VOC test). Items differ in size and the mask
-    may be None: iterate directly, or use a DataLoader with batch_size=None.
-    """
-
-    def __init__(self, root: str | Path, split: str, *, exclude: Iterable[str] = (), num_classes: int = NUM_CLASSES):
-        self.voc = VOCDataset(root)
-        excluded = set(exclude)
-        self.ids = [i for i in self.voc.split_ids(split) if i not in excluded]
-        self.num_classes = num_classes
-        self.labels = self.voc.image_labels(exclude=excluded, num_classes=num_classes)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        image_id = self.ids[index]
-        mask_path = self.voc.mask_path(image_id)
-        labels = self.labels.get(image_id)
-        return {
-            "id": image_id,
-            "image": read_image(self.voc.image_path(image_id)),
-            "labels": np.zeros(self.num_classes, np.float32) if labels is None else labels,
-            "mask": None if mask_path is None else read_mask(mask_path),
-        }
-
-
 CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)  # deeplab-pytorch's input mean for the caffe-converted COCO weights
 
 

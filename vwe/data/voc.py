@@ -230,10 +230,6 @@ class CheckReport:
     notes: list[str] = field(default_factory=list)
     report_path: str | Path | None = None
 
-    @property
-    def bad_ids(self) -> set[str]:
-        return {item.image_id for item in self.bad}
-
 
 class VOCDataset:
     """One VOC2012 folder: split lists, file paths per id, cached image-level labels, validation, split building.

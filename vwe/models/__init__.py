@@ -1,6 +1,6 @@
 """Models: the ResNet backbone, visual words, HSPP and the CAM classifier."""
 from vwe.models.classifier import VARIANTS, Classifier, ClassifierOutput, Variant, build_classifier, get_variant
-from vwe.models.hspp import gap, gmp, hspp
+from vwe.models.hspp import gap, hspp
 from vwe.models.resnet import BACKBONES, FrozenBatchNorm2d, ResNetBackbone, build_backbone
 from vwe.models.visual_words import VisualWords, VisualWordsOutput
 from vwe.models.weights import load_backbone
@@ -19,7 +19,6 @@ __all__ = [
     "build_classifier",
     "gap",
     "get_variant",
-    "gmp",
     "hspp",
     "load_backbone",
 ]

@@ -12,11 +12,6 @@ def gap(x: Tensor) -> Tensor:
     return x.mean(dim=(2, 3), keepdim=True)
 
 
-def gmp(x: Tensor) -> Tensor:
-    """Global max pooling: N x C x h x w -> N x C x 1 x 1."""
-    return x.amax(dim=(2, 3), keepdim=True)
-
-
 def hspp(x: Tensor, gamma: float = 2.0, levels: Sequence[int] = (1, 2, 4)) -> Tensor:
     """Hybrid spatial pyramid pooling: N x C x h x w -> N x C x 1 x 1.
 

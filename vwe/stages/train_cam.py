@@ -109,7 +109,8 @@ def check_inputs(cfg: Config) -> None:
 
 def train_classifier(cfg: Config, *, resume: bool = False, restart: bool = False,
                      fault: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Stage 1 on Ray Train (`vwe train-cam`); returns rank 0's last metrics, the step it resumed from and every report."""
+    """Stage 1 on Ray Train (`vwe train-cam`); returns rank 0's last metrics, the step it resumed from and every
+    report."""
     check_inputs(cfg)
     return fit(cfg, NAME, train, resume=resume, restart=restart, fault=fault)
 
