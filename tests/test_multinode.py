@@ -195,7 +195,7 @@ def test_pipeline_job_runs_across_nodes(cluster):
     # a rank per node in each of the two training stages (classifier, DeepLab)
     assert len(ips) == 2 and trainer_ips(cluster, job.job_id) == sorted(list(ips.values()) * 2)
     crf = [t for t in list_tasks(address=cluster.dashboard, filters=[("job_id", "=", job.job_id)], limit=10000)
-           if "make_labels" in t.name]
+           if "label_batch" in t.name]
     assert crf and {ips[t.node_id] for t in crf} == {"127.0.0.2"}  # only the node with the crf_node resource
 
 

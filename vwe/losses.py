@@ -10,8 +10,9 @@ from vwe.models.classifier import ClassifierOutput, get_variant
 
 
 def multilabel_loss(logits: Tensor, targets: Tensor) -> Tensor:
-    """Mean over batch and classes of BCE-with-logits (= `multilabel_soft_margin_loss`)."""
-    return F.multilabel_soft_margin_loss(logits.float(), targets.float())
+    """Mean over batch and classes of BCE-with-logits (= `multilabel_soft_margin_loss`), in fp32 or wider."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    return F.multilabel_soft_margin_loss(logits.to(dtype), targets.to(dtype))
 
 
 def decov_loss(codebook: Tensor) -> Tensor:
@@ -47,7 +48,7 @@ def classifier_loss(
     if variant.decov_loss:
         if codebook is None:
             raise ValueError("variant 'vwl-l' adds the decorrelation loss: pass the codebook")
-        terms["decov"] = decov_loss(codebook.float())
+        terms["decov"] = decov_loss(codebook.to(torch.promote_types(codebook.dtype, torch.float32)))
         weights["decov"] = model_cfg.decov_loss_weight
     total = sum(weights[name] * term for name, term in terms.items())
     return total, {name: term.detach() for name, term in terms.items()}

@@ -57,10 +57,10 @@ class VisualWords(nn.Module):
         return F.conv2d(unit_features, unit_words[:, :, None, None].to(unit_features.dtype))
 
     def forward(self, features: Tensor) -> VisualWordsOutput:
-        # fp32 even under autocast: the assignments are near-uniform (|cos| <= 1, temperature 1) and the word
-        # labels come from small cosine differences that bf16 would blur
+        # at least fp32 even under autocast: the assignments are near-uniform (|cos| <= 1, temperature 1) and the
+        # word labels come from small cosine differences that bf16 would blur; fp64 stays fp64 (numerical checks)
         with torch.autocast(features.device.type, enabled=False):
-            similarity = self.similarity(features.float())
+            similarity = self.similarity(features.to(torch.promote_types(features.dtype, torch.float32)))
             assignments = similarity.softmax(dim=1)
             # a spatial sum, not a mean: its scale grows with the feature map, as in the reference (METHOD P5)
             histogram = assignments.sum(dim=(2, 3))
@@ -80,7 +80,7 @@ class VisualWords(nn.Module):
         """
         if self.learnable:
             raise RuntimeError("update_memory needs a memory-bank codebook (VisualWords(..., learnable=False))")
-        rows = features.detach().float().permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+        rows = features.detach().to(self.codebook.dtype).permute(0, 2, 3, 1).reshape(-1, features.shape[1])
         if not bool(self.initialised):
             self.codebook.copy_(_sample_rows(rows, self.num_words))
             self.initialised.fill_(True)
