@@ -111,19 +111,25 @@ def test_eval_cam_matches_hand_computed_miou(ray_local, tmp_path):
     person = np.array([[[0.5, 0.1], [0.1, 0.1]]], np.float32)
     save_cam(RunFolder(out).cam("a"), CamResult(np.array([0]), aeroplane[:, :1, :1], aeroplane), np.float32)
     save_cam(RunFolder(out).cam("b"), CamResult(np.array([14]), person[:, :1, :1], person), np.float32)
-    cfg = load_config(None, [f"data.root={root}", f"out_dir={out}", "cam.sweep=[0.3, 0.75]"])
+    cfg = load_config(None, [f"data.root={root}", f"out_dir={out}", "cam.sweep=[0.3, 0.75]",
+                             "cam.background_score=0.75"])
     summary = evaluate_cams(cfg, "train")
     # t = 0.3: confusion bg->bg 5, bg->aeroplane 1, bg->person 1, aeroplane->bg 1, aeroplane->aeroplane 3
     #   IoU bg 5 / (7 + 6 - 5) = 0.625, aeroplane 3 / (4 + 4 - 3) = 0.6, person absent from GT -> not averaged
     # t = 0.75: bg->bg 7, aeroplane->bg 3, aeroplane->aeroplane 1: bg 7 / 10 = 0.7, aeroplane 1 / 4 = 0.25
-    assert summary["miou"] == pytest.approx([0.6125, 0.475])
+    assert summary["sweep"]["miou"] == pytest.approx([0.6125, 0.475])
+    # the headline is at the configured background score, the sweep's best beside it
+    assert summary["background_score"] == 0.75 and summary["miou"] == pytest.approx(0.475)
+    assert summary["iou"]["aeroplane"] == pytest.approx(0.25) and summary["iou"]["person"] is None
     assert summary["best_threshold"] == 0.3 and summary["best_miou"] == pytest.approx(0.6125)
-    assert summary["iou"]["aeroplane"] == pytest.approx(0.6) and summary["iou"]["person"] is None
+    assert summary["best_iou"]["aeroplane"] == pytest.approx(0.6) and "optimistic" in summary["note"]
     assert summary["images"] == 2
     curve = (out / "eval_cam" / "train_curve.csv").read_text().splitlines()
     assert curve == ["threshold,mIoU", "0.3,61.3", "0.75,47.5"]
-    header, row = (out / "eval_cam" / "train_classes.csv").read_text().splitlines()
-    assert header.split(",")[:3] == ["background", "aeroplane", "bicycle"] and row.split(",")[:3] == ["62.5", "60.0", ""]
+    header, fixed, best = (out / "eval_cam" / "train_classes.csv").read_text().splitlines()
+    assert header.split(",")[:4] == ["", "background", "aeroplane", "bicycle"]
+    assert fixed.split(",")[:4] == ["at 0.75", "70.0", "25.0", ""]
+    assert best.split(",")[:4] == ["best 0.3 (optimistic)", "62.5", "60.0", ""]
 
 
 @pytest.mark.parametrize("method", ["confident", "threshold"])
@@ -186,3 +192,32 @@ def test_a_dataset_of_the_first_classes_trains_and_makes_cams(ray_local, tmp_pat
     narrow = cfg.with_overrides({"data.num_classes": 2})
     with pytest.raises(DataError, match=r"beyond the first 2 \(data.num_classes\), e.g. \S+ \((car|bus|bird|boat)"):
         train_cam.train(narrow, LocalSession(tmp_path / "narrow"))
+
+
+def test_the_cams_come_from_the_configured_epochs_weights(ray_local, tmp_path):
+    """cam.classifier_epoch = 1: training keeps the weights after epoch 1 (those of a run stopped there), and
+    make-cam uses them rather than the final ones."""
+    from vwe.checkpoint import LocalSession
+    from vwe.stages import train_cam
+
+    cfg = load_config("tiny", [f"out_dir={tmp_path / 'run'}", f"data.root={tmp_path / 'VOC2012'}",
+                               "synth.enabled=false", "cam.classifier_epoch=1"])
+    generate(cfg.data.root, {"train_aug": 16, "train": 4, "val": 2, "test": 1}, 48, 64, seed=4)
+    train_cam.train(cfg, LocalSession(tmp_path / "checkpoints"))
+    stopped = cfg.with_overrides({"out_dir": str(tmp_path / "stopped"), "train.max_steps": 2})  # 2 steps per epoch
+    train_cam.train(stopped, LocalSession(tmp_path / "stopped_checkpoints"))
+    run = RunFolder(cfg.out_dir)
+    epoch_1 = torch.load(Path(run.classifier_at(1)) / "model.pth", weights_only=True)
+    final = torch.load(Path(run.classifier) / "model.pth", weights_only=True)
+    after_two_steps = torch.load(Path(RunFolder(stopped.out_dir).classifier) / "model.pth", weights_only=True)
+    assert all(torch.equal(epoch_1[k], after_two_steps[k]) for k in epoch_1)
+    assert not all(torch.equal(epoch_1[k], final[k]) for k in epoch_1)
+    assert train_cam.STAGE.is_complete(cfg)
+
+    make_cams(cfg, "train")
+    model, _ = train_cam.load_trained_classifier(run.classifier_at(1))
+    voc = VOCDataset(cfg.data.root)
+    image_id = voc.split_ids("train")[0]
+    expected = multiscale_cam(model, read_image(voc.image_path(image_id)), voc.image_labels()[image_id],
+                              cfg.cam.scales)
+    np.testing.assert_allclose(load_cam(run.cam(image_id)).high_res, expected.high_res, atol=2e-3)

@@ -111,6 +111,14 @@ BAD = [
     (["train.new_layer_lr_mult=0"], "train.new_layer_lr_mult"),
     (["train.poly_power=-1"], "train.poly_power"),
     (["train.seed=-3"], "train.seed"),
+    (["data.labels_from=json"], "data.labels_from"),
+    (["seg.accumulation=0"], "seg.accumulation"),
+    (["seg.accumulation=3", "seg.batch_size=8"], "seg.batch_size"),  # 8 images do not split into 3 sub-batches
+    (["seg.lr_every=0"], "seg.lr_every"),
+    (["seg.num_workers=-1"], "seg.num_workers"),
+    (["ray.num_workers=8", "seg.batch_size=8", "seg.num_workers=3"], "seg.batch_size"),
+    (["cam.classifier_epoch=-1"], "cam.classifier_epoch"),
+    (["cam.classifier_epoch=3", "train.epochs=2"], "cam.classifier_epoch"),
     (["out_dir="], "out_dir"),
     (["train.batch_size=eight"], "train.batch_size"),  # a type, not a range
     (["cam.bg_threshold=0.1"], "renamed to 'cam.background_score'"),
@@ -180,10 +188,10 @@ def test_load_config_resolves_once_and_idempotently(tmp_path, monkeypatch):
 
 def test_packaged_configs_load_by_name_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert packaged_configs() == ["synthetic", "tiny", "voc"]
+    assert packaged_configs() == ["synthetic", "tiny", "voc", "voc-fast", "vwl-l", "vwl-l-fast", "vwl-m", "vwl-m-fast"]
     for name in packaged_configs():
         assert load_config(name).out_dir.startswith(str(tmp_path))
-    with pytest.raises(ConfigError, match="no such config file .*packaged configs: synthetic, tiny, voc"):
+    with pytest.raises(ConfigError, match="no such config file .*packaged configs: synthetic, tiny, voc, voc-fast"):
         load_config("nope")
 
 

@@ -215,7 +215,7 @@ def test_image_labels_are_cached_and_not_recomputed(root, monkeypatch):
     dataset = VOCDataset(root)
     labels = dataset.image_labels()
     assert {i: set(np.flatnonzero(v) + 1) for i, v in labels.items()} == GENUINE
-    cache = root / voc.LABELS_CACHE
+    cache = root / voc.labels_cache("xml")
     stamp = cache.stat().st_mtime_ns
 
     calls = []
@@ -240,7 +240,7 @@ def test_prepare_without_sbd_uses_the_aug_masks(root):
     # Aug masks exist for all five ids; minus val leaves the train ids.
     assert (root / "ImageSets" / "Segmentation" / "train_aug.txt").read_text().split() == sorted(TRAIN)
     assert counts == {"train": 3, "val": 2, "train_aug": 3}
-    assert (root / voc.LABELS_CACHE).is_file()
+    assert (root / voc.labels_cache("xml")).is_file() and (root / voc.labels_cache("masks")).is_file()
 
 
 def test_prepare_with_sbd(root, tmp_path):
@@ -351,3 +351,23 @@ def test_a_split_reads_as_images_masks_and_labels(root):
     assert set(np.flatnonzero(dataset.image_labels()[image_id]) + 1) == {2, 15}
     test_id = dataset.split_ids("test")[0]
     assert dataset.mask_path(test_id) is None and test_id not in dataset.image_labels()
+
+
+def test_labels_come_from_the_xml_or_the_masks_and_the_check_counts_disagreements(root):
+    (root / "Annotations").mkdir()
+    # 2011_000006's mask holds chair, person and sofa (9, 15, 18); its annotation here says cat and person
+    (root / "Annotations" / "2011_000006.xml").write_text(
+        "<annotation><object><name>cat</name></object><object><name>person</name></object></annotation>")
+    (root / "Annotations" / "2011_000025.xml").write_text(  # agrees with its mask (bus, car)
+        "<annotation><object><name>bus</name></object><object><name>car</name></object></annotation>")
+    dataset = VOCDataset(root)
+    from_xml = dataset.image_labels(labels_from="xml")
+    from_masks = dataset.image_labels(labels_from="masks")
+    assert set(np.flatnonzero(from_xml["2011_000006"]) + 1) == {CLASSES.index("cat") + 1, 15}
+    assert set(np.flatnonzero(from_masks["2011_000006"]) + 1) == GENUINE["2011_000006"]
+    assert all(np.array_equal(from_xml[i], from_masks[i]) for i in GENUINE if i != "2011_000006")  # no XML: masks
+    report = dataset.check()
+    assert report.label_disagreements == 1
+    note = next(n for n in report.notes if "annotation list other classes" in n)
+    assert note.startswith("note: 1 of the 2 images with both a mask and an annotation") and "2011_000006" in note
+    assert "mask: chair, person, sofa; annotation: cat, person" in note

@@ -348,3 +348,43 @@ def test_missing_or_misfit_labels_are_named(small_voc: tuple[Path, Path], tmp_pa
     with pytest.raises(DataError, match="differs from the image size") as err:
         dataset[1]
     assert dataset.ids[1] in str(err.value)
+
+
+def _one_step(accumulation: int, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The weights after one train_step (SGD, no momentum or weight decay) of a fixed MSC DeepLab."""
+    from vwe.stages.train_seg import train_step
+
+    cfg = load_config(None, ["seg.backbone=resnet-tiny", "seg.momentum=0", "seg.weight_decay=0",
+                             f"seg.accumulation={accumulation}", "seg.batch_size=4", "seg.train_msc_scales=[0.5]"])
+    model = MultiScaleDeepLab(tiny_deeplab(), cfg.seg.train_msc_scales)
+    optimizer = build_optimizer(model.base, cfg.seg)
+    terms = train_step(model, {"image": images, "label": labels}, optimizer, cfg)
+    assert set(terms) == {"loss_0", "loss_1", "loss_max", "loss"}
+    return {k: v.clone() for k, v in model.base.state_dict().items()}
+
+
+def test_accumulation_2_equals_one_batch_without_ignored_pixels_and_weights_the_halves_like_the_authors():
+    generator = torch.Generator().manual_seed(3)
+    images = torch.randn(4, 3, 32, 32, generator=generator)
+    labels = torch.randint(0, 21, (4, 32, 32), generator=generator)
+    whole, halves = _one_step(1, images, labels), _one_step(2, images, labels)
+    assert all(torch.allclose(whole[k], halves[k], atol=1e-6) for k in whole)
+
+    # the second half ignores 90 % of its pixels: the authors' step averages each half over its own valid pixels,
+    # so that half's few pixels weigh as much as the first half's many; one pass weighs every pixel alike
+    masked = labels.clone()
+    masked[2:, :, 3:] = 255
+    whole, halves = _one_step(1, images, masked), _one_step(2, images, masked)
+    assert any(not torch.allclose(whole[k], halves[k], atol=1e-6) for k in whole)
+    first, second = _one_step(1, images[:2], masked[:2]), _one_step(1, images[2:], masked[2:])
+    start = {k: v.clone() for k, v in tiny_deeplab().state_dict().items()}
+    for k in halves:  # one SGD step is linear in the gradient: the mean of the halves' steps
+        expected = start[k] + ((first[k] - start[k]) + (second[k] - start[k])) / 2
+        torch.testing.assert_close(halves[k], expected, atol=1e-6, rtol=1e-5)
+
+
+def test_the_poly_lr_is_held_for_lr_every_steps():
+    from vwe.training import poly_lr_factor
+
+    assert [poly_lr_factor(t, 100, 1.0, 10) for t in (0, 9, 10, 19, 95)] == pytest.approx([1.0, 1.0, 0.9, 0.9, 0.1])
+    assert poly_lr_factor(15, 100, 0.9) == pytest.approx(0.85 ** 0.9)  # every step by default (the classifier)

@@ -431,3 +431,23 @@ def test_url_loads_from_the_hub_cache_and_offline_download_fails_clearly(
     assert torch.equal(target.state_dict()["layer4.0.conv3.weight"], state["layer4.0.conv3.weight"])
     with pytest.raises(ConfigError, match="cannot download"):
         load_backbone(target, "http://127.0.0.1:9/models/other.pth")
+
+
+@pytest.mark.parametrize("variant", ["baseline", "vwe", "hspp", "vwe+hspp", "vwl-l", "vwl-m"])
+def test_the_classifier_runs_in_fp64_for_numerical_checks(variant: str) -> None:
+    cfg = Config.from_dict({"model": {"backbone": "resnet-tiny", "variant": variant}})
+    model = build_classifier(cfg).double()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    output = model(x)
+    if model.uses_memory_bank:
+        model.update_memory_bank(output.features.detach())
+        model.update_memory_bank(output.features.detach())
+        assert model.words.codebook.dtype == torch.float64
+    loss, _ = classifier_loss(output, torch.ones(2, 20, dtype=torch.float64), cfg.model, model.codebook_for_loss())
+    loss.backward()
+    assert output.img_logits.dtype == loss.dtype == model.cam(x).dtype == torch.float64
+    for head in (output.w2i_logits, output.word_logits):
+        assert head is None or head.dtype == torch.float64
+    # fp64 and fp32 agree to fp32 rounding: the fp64 path is the same computation
+    single = model.float()(x.float())
+    torch.testing.assert_close(single.img_logits.double(), output.img_logits.detach(), rtol=1e-3, atol=1e-4)

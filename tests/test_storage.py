@@ -19,7 +19,7 @@ from vwe.cam import CamResult, cam_is_complete, load_cam, save_cam
 from vwe.config import load_config
 from vwe.data.datasets import ClassificationDataset, SegmentationDataset
 from vwe.data.synth import generate
-from vwe.data.voc import LABELS_CACHE, VOCDataset, read_image, read_mask, write_mask
+from vwe.data.voc import VOCDataset, labels_cache, read_image, read_mask, write_mask
 from vwe.errors import ConfigError, DataError
 from vwe.io import atomic_path, update_manifest, write_json
 from vwe.models import build_classifier
@@ -71,7 +71,7 @@ def s3_voc(s3_bucket, synth_root) -> str:
     """The synthetic VOC folder uploaded to the bucket, without a labels cache (reading it makes one there)."""
     uri = f"{s3_bucket}/datasets/VOC2012"
     pafs.copy_files(str(synth_root), uri)
-    storage.delete(f"{uri}/{LABELS_CACHE}")
+    storage.delete(f"{uri}/{labels_cache('xml')}")
     return uri
 
 
@@ -209,7 +209,7 @@ def test_a_dataset_root_in_an_object_store_reads_like_the_local_one(s3_bucket, s
     assert remote.mask_path(test_id) is None
     np.testing.assert_array_equal(remote.labels(test_id), local.labels(test_id))  # from the annotation XML
     labels, expected = remote.image_labels(), local.image_labels()
-    assert storage.is_file(f"{s3_voc}/{LABELS_CACHE}")  # the cache is written beside the data, as locally
+    assert storage.is_file(f"{s3_voc}/{labels_cache('xml')}")  # the cache is written beside the data, as locally
     assert labels.keys() == expected.keys() and all(np.array_equal(labels[i], expected[i]) for i in expected)
     with pytest.raises(DataError, match=f"{s3_voc}/JPEGImages/2199_000001.jpg: image file missing"):
         read_image(remote.image_path("2199_000001"))

@@ -80,7 +80,7 @@ def test_regeneration_reuses_or_replaces_and_refuses_foreign_folders(tmp_path):
     VOCDataset(root).image_labels()  # a labels cache of the old benchmark must not survive
     synth.generate(root, {"train_aug": 4, "val": 2}, 32, 32, num_classes=3, seed=1)
     assert not (root / "JPEGImages" / "2100_000006.jpg").exists()
-    assert not (root / "vwe_cls_labels.json").exists()
+    assert not (root / "vwe_cls_labels_xml.json").exists()
     assert VOCDataset(root).check().counts == {"val": 2, "train_aug": 4}
 
     foreign = tmp_path / "mine"

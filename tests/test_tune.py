@@ -214,9 +214,11 @@ def test_epoch_eval_reports_the_cam_miou_of_the_model_at_each_epoch_end(synth_ro
     evaluated = [r for r in session.reports if "cam_miou" in r]
     assert [r["epoch"] for r in evaluated] == [1.0, 2.0]
     assert len(session.reports) == 6 and all(r["epoch"] % 1 for r in session.reports if "cam_miou" not in r)
-    assert all(0 <= r["cam_miou"] <= 1 and r["cam_threshold"] in cfg.cam.sweep for r in evaluated)
+    assert all(0 <= r["cam_miou"] <= r["cam_best_miou"] <= 1 and r["cam_best_threshold"] in cfg.cam.sweep
+               for r in evaluated)
     # the last one is the final model's (recomputed from the exported weights)
     model, _ = load_trained_classifier(tmp_path / "classifier")
-    again = evaluation.model_cam_sweep(model, synth_root, cfg.data.cam_split, cfg.cam.sweep, num_images=4,
-                                       scales=cfg.cam.scales, batch_size=cfg.cam.batch_size)
-    assert again["images"] == 4 and again["best_miou"] == pytest.approx(evaluated[-1]["cam_miou"], abs=1e-9)
+    again = evaluation.model_cam_scores(model, synth_root, cfg.data.cam_split, cfg.cam.background_score,
+                                        cfg.cam.sweep, num_images=4, scales=cfg.cam.scales,
+                                        batch_size=cfg.cam.batch_size)
+    assert again["images"] == 4 and again["miou"] == pytest.approx(evaluated[-1]["cam_miou"], abs=1e-9)

@@ -86,6 +86,9 @@ class DataConfig:
     cam_split: str = "train"  # split whose CAMs are evaluated (paper's CAM table uses VOC train)
     eval_split: str = "val"  # split for the final segmentation mIoU
     num_classes: Annotated[int, Range(1, 20)] = 20  # foreground classes; label 0 is background, 255 ignore
+    # image-level labels from the annotation XMLs (the authors' cls_labels, METHOD §6) or from the masks; either
+    # falls back to the other for an image without one; `vwe data check` counts the images where they disagree
+    labels_from: Literal["xml", "masks"] = "xml"
     skip_bad: bool = False  # record unreadable or inconsistent files in a report and go on, instead of failing
 
 
@@ -124,8 +127,9 @@ class TrainConfig:
     lr: PositiveFloat = 0.01  # backbone; new layers get lr * new_layer_lr_mult
     new_layer_lr_mult: PositiveFloat = 10.0
     optimizer: Optimizer = "sgd"
-    # SGD; the authors' code ran with an effective 1e-4 (METHOD P1); set 1e-4 to match them
-    momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
+    # SGD momentum: the authors' optimizer handed the weight decay to SGD's momentum slot, so their numbers came
+    # from an effective 1e-4 (METHOD P1); 0.9 is what was intended, one override away
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 1e-4
     weight_decay: NonNegativeFloat = 1e-4
     poly_power: NonNegativeFloat = 0.9
     crop_size: Positive = 512
@@ -133,8 +137,8 @@ class TrainConfig:
     flip: bool = True
     loader_workers: NonNegative = 4  # DataLoader processes per training worker
     seed: NonNegative = 1
-    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
-    channels_last: bool = True  # GPU only
+    amp: bool = False  # bf16 autocast on GPU (ignored on CPU); the authors ran fp32
+    channels_last: bool = False  # GPU only
     compile: bool = False  # torch.compile the model (GPU)
     log_every: Positive = 20  # steps between progress lines / host syncs
     checkpoint_every: Positive = 200  # steps between checkpoints (plus one at each epoch end)
@@ -153,7 +157,10 @@ class CamConfig:
     batch_size: Positive = 8  # images per inference batch (per actor)
     dtype: Literal["float16", "float32"] = "float16"  # storage dtype of saved CAMs
     num_actors: NonNegative = 0  # inference actors; 0 = one per GPU (ray.use_gpu) or one on CPU
-    amp: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    amp: bool = False  # bf16 autocast on GPU (ignored on CPU); the authors ran fp32
+    # the classifier weights that make the CAMs: 0 = the final ones; N = those after epoch N (training keeps them in
+    # classifier/epoch_N/); VWL-L's CAM inference loads epoch 5 of 6 (METHOD §1.7, P4)
+    classifier_epoch: NonNegative = 0
 
 
 @dataclass
@@ -179,7 +186,11 @@ class SegConfig:
     #                       "" = random init (tests only)
     labels_dir: str = ""  # training labels, <id>.png index maps (255 ignored); "" = <out_dir>/pseudo_labels;
     #                       "{out_dir}" expands to out_dir
-    batch_size: Positive = 10  # global, split over the workers; the authors' 5 x grad-accumulation 2 (METHOD P13)
+    num_workers: NonNegative = 0  # data-parallel DeepLab workers; 0 = ray.num_workers
+    batch_size: Positive = 10  # global, split over the workers and the accumulation steps (METHOD P13)
+    # gradient accumulation: each step sums the gradients of this many sub-batches, each averaged over its own
+    # valid pixels, as deeplab-pytorch's 5 x 2 does (METHOD §5); 1 = the whole batch in one pass
+    accumulation: Positive = 2
     iterations: Positive = 20000  # optimiser steps; the poly schedule spans them
     lr: PositiveFloat = 2.5e-4  # backbone conv weights; ASPP weights x aspp_weight_lr_mult, biases x aspp_bias_lr_mult
     optimizer: Optimizer = "sgd"
@@ -187,7 +198,8 @@ class SegConfig:
     aspp_bias_lr_mult: PositiveFloat = 20.0  # ASPP biases also get no weight decay
     momentum: Annotated[float, Range(0, 1, high_open=True)] = 0.9
     weight_decay: NonNegativeFloat = 5e-4
-    poly_power: NonNegativeFloat = 0.9  # lr_t = lr (1 - t/T)^0.9, set every step (the authors every 10)
+    poly_power: NonNegativeFloat = 0.9  # lr_t = lr (1 - t/T)^0.9
+    lr_every: Positive = 10  # steps between LR updates of the poly schedule (deeplab-pytorch: every 10)
     crop_size: Positive = 321  # square training crop; smaller images are padded bottom/right (image 0, label 255)
     scales: Scales = field(default_factory=lambda: [0.5, 0.75, 1.0, 1.25, 1.5])  # one drawn per image, P12
     flip: bool = True  # horizontal flip, p = 0.5
@@ -202,8 +214,8 @@ class SegConfig:
     test_split: str = "test"  # split packed by export-voc for the VOC evaluation server
     num_actors: NonNegative = 0  # inference actors; 0 = one per GPU (ray.use_gpu) or one on CPU
     infer_batch_size: Positive = 4  # images per inference call; each runs alone at full size (batch 1, METHOD §5)
-    amp: bool = True  # bf16 autocast on GPU (ignored on CPU), training and inference
-    channels_last: bool = True  # GPU only
+    amp: bool = False  # bf16 autocast on GPU (ignored on CPU), training and inference; the authors ran fp32
+    channels_last: bool = False  # GPU only
     compile: bool = False  # torch.compile the training model (GPU)
     loader_workers: NonNegative = 4  # DataLoader processes per training worker
     seed: NonNegative = 1
@@ -310,9 +322,14 @@ def _check_rules(cfg: Config, source: str) -> None:
         fail("train.resize_long", "must be [low, high] with low <= high")
     if cfg.pseudo.fg_background_score < cfg.pseudo.bg_background_score:
         fail("pseudo.fg_background_score", f"must be >= pseudo.bg_background_score ({cfg.pseudo.bg_background_score})")
-    for key in ("train.batch_size", "seg.batch_size"):
-        if cfg.get(key) % cfg.ray.num_workers:
-            fail(key, f"must divide evenly over ray.num_workers = {cfg.ray.num_workers} data-parallel workers")
+    if cfg.train.batch_size % cfg.ray.num_workers:
+        fail("train.batch_size", f"must divide evenly over ray.num_workers = {cfg.ray.num_workers} workers")
+    seg_workers = cfg.seg.num_workers or cfg.ray.num_workers
+    if cfg.seg.batch_size % (seg_workers * cfg.seg.accumulation):
+        fail("seg.batch_size", f"must divide evenly over {seg_workers} DeepLab workers (seg.num_workers, else "
+                               f"ray.num_workers) x seg.accumulation = {cfg.seg.accumulation} sub-batches")
+    if cfg.cam.classifier_epoch > cfg.train.epochs:
+        fail("cam.classifier_epoch", f"must be at most train.epochs ({cfg.train.epochs})")
     if cfg.seg.init in ("coco", "classifier") and not cfg.seg.pretrained:
         fail("seg.pretrained", f"must name the checkpoint for seg.init = {cfg.seg.init}")
     if cfg.seg.init == "coco" and cfg.seg.backbone != "resnet101":

@@ -92,23 +92,31 @@ def summarize(matrix: np.ndarray) -> dict[str, Any]:
             "confusion": np.asarray(matrix).tolist()}
 
 
-def cam_sweep(cam_file: str | Path, gt: np.ndarray, thresholds: list[float],
-              num_classes: int = NUM_CLASSES) -> np.ndarray:
-    """T x C x C confusions (C = num_classes + 1) of one image's CAM labels at every background score."""
+def cam_confusions(cam_file: str | Path, gt: np.ndarray, thresholds: list[float],
+                   num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """T x C x C confusions (C = num_classes + 1) of one image's CAM labels at each background score."""
     result = load_cam(cam_file)
     if result.high_res.shape[1:] != gt.shape:
         raise DataError(f"{cam_file}: CAM size {result.high_res.shape[1:]} differs from its mask {gt.shape}")
     return sweep_confusions(result.high_res, result.keys, gt, thresholds, num_classes + 1)
 
 
-def sweep_summary(confusions: np.ndarray, thresholds: list[float]) -> dict[str, Any]:
-    """mIoU per threshold, the best threshold and its per-class IoU (background and the first C - 1 classes of
-    T x C x C `confusions`)."""
+BEST_NOTE = ("best_*: the best background score of the sweep, chosen on the evaluated split itself: an optimistic "
+             "number, not the protocol's (the papers report at a background score fixed beforehand)")
+
+
+def cam_scores(confusions: np.ndarray, background_score: float, sweep: list[float]) -> dict[str, Any]:
+    """The CAM mIoU at the config's fixed `background_score` (the headline: "miou", "iou") and along the `sweep`,
+    with the sweep's best beside it ("best_threshold", "best_miou", "best_iou": optimistic, see BEST_NOTE).
+
+    `confusions` is (1 + T) x C x C: at `background_score`, then at each of the T scores of `sweep`.
+    """
     scores = [ConfusionMatrix(len(c), c).compute() for c in confusions]
-    curve = [float(s.miou) for s in scores]
+    curve = [float(s.miou) for s in scores[1:]]
     best = int(np.nanargmax(curve))
-    return {"thresholds": list(thresholds), "miou": curve, "best_threshold": thresholds[best],
-            "best_miou": curve[best], "iou": _per_class(scores[best].iou)}
+    return {"background_score": background_score, "miou": float(scores[0].miou), "iou": _per_class(scores[0].iou),
+            "sweep": {"thresholds": list(sweep), "miou": curve}, "best_threshold": sweep[best],
+            "best_miou": curve[best], "best_iou": _per_class(scores[1 + best].iou), "note": BEST_NOTE}
 
 
 def _per_class(iou: np.ndarray) -> dict[str, float | None]:
@@ -116,18 +124,25 @@ def _per_class(iou: np.ndarray) -> dict[str, float | None]:
 
 
 def write_report(directory: str | Path, name: str, summary: dict[str, Any]) -> dict[str, str | Path]:
-    """`<name>.json` (everything), `<name>_classes.csv` (one row: per-class IoU % and mIoU, the layout of the
-    authors' README table) and, for a sweep, `<name>_curve.csv` (threshold, mIoU %)."""
+    """`<name>.json` (everything), `<name>_classes.csv` (per-class IoU % and mIoU, the layout of the authors'
+    README table: one row, and for CAMs a second with the sweep's best) and, for CAMs, `<name>_curve.csv`
+    (background score, mIoU %)."""
     paths = {"json": storage.join(directory, f"{name}.json"), "classes": storage.join(directory, f"{name}_classes.csv")}
     write_json(paths["json"], summary)
-    iou = summary["iou"]
-    miou = summary.get("best_miou", summary.get("miou"))
-    write_text(paths["classes"], _csv([[*iou, "mIoU"], [*(_percent(v) for v in iou.values()), _percent(miou)]]))
-    if "thresholds" in summary:
+    rows = [[*summary["iou"], "mIoU"], _row(summary["iou"], summary["miou"])]
+    if "sweep" in summary:
+        rows = [["", *rows[0]], [f"at {summary['background_score']:g}", *rows[1]],
+                [f"best {summary['best_threshold']:g} (optimistic)", *_row(summary["best_iou"], summary["best_miou"])]]
+        sweep = summary["sweep"]
         paths["curve"] = storage.join(directory, f"{name}_curve.csv")
         write_text(paths["curve"], _csv([["threshold", "mIoU"],
-                                         *([t, _percent(m)] for t, m in zip(summary["thresholds"], summary["miou"]))]))
+                                         *([t, _percent(m)] for t, m in zip(sweep["thresholds"], sweep["miou"]))]))
+    write_text(paths["classes"], _csv(rows))
     return paths
+
+
+def _row(iou: dict[str, float | None], miou: float) -> list[str]:
+    return [*(_percent(v) for v in iou.values()), _percent(miou)]
 
 
 def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> None:
@@ -136,13 +151,18 @@ def write_rows(path: str | Path, rows: list[dict[str, Any]]) -> None:
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    """The per-class IoU table as aligned text, for the terminal."""
-    iou = summary["iou"]
-    miou = summary.get("best_miou", summary.get("miou"))
-    names = [*iou, "mIoU"]
-    values = [*(_percent(v) for v in iou.values()), _percent(miou)]
+    """The per-class IoU table as aligned text, for the terminal; CAM scores get a second column, the sweep's
+    (optimistic) best."""
+    names = [*summary["iou"], "mIoU"]
+    columns = [_row(summary["iou"], summary["miou"])]
+    header = ""
+    if "sweep" in summary:
+        columns.append(_row(summary["best_iou"], summary["best_miou"]))
+        header = f"at {summary['background_score']:g}", f"best {summary['best_threshold']:g} (optimistic)"
     width = max(len(n) for n in names)
-    return "\n".join(f"{n:<{width}}  {v:>6}" for n, v in zip(names, values))
+    lines = [f"{'':<{width}}  " + "  ".join(f"{h:>8}" for h in header)] if header else []
+    lines += [f"{n:<{width}}  " + "  ".join(f"{column[i]:>8}" for column in columns) for i, n in enumerate(names)]
+    return "\n".join(lines)
 
 
 def _percent(value: float | None) -> str:
@@ -155,15 +175,17 @@ def _csv(rows: list[list[Any]]) -> str:
     return buffer.getvalue()
 
 
-def model_cam_sweep(model: nn.Module, root: str | Path, split: str, thresholds: list[float], *,
-                    num_images: int = 0, scales: Sequence[float] = (1.0,), batch_size: int = 8,
-                    dtype: torch.dtype = torch.float32, num_classes: int = NUM_CLASSES) -> dict[str, Any]:
-    """CAM mIoU of `model` (in memory, no CAM files) on the first `num_images` images of `split` (0: all of them)
-    at every background threshold; `sweep_summary` plus the image count. Used between training epochs."""
+def model_cam_scores(model: nn.Module, root: str | Path, split: str, background_score: float, sweep: list[float], *,
+                     num_images: int = 0, scales: Sequence[float] = (1.0,), batch_size: int = 8,
+                     dtype: torch.dtype = torch.float32, num_classes: int = NUM_CLASSES,
+                     labels_from: str = "xml") -> dict[str, Any]:
+    """CAM mIoU of `model` (in memory, no CAM files) on the first `num_images` images of `split` (0: all of them),
+    `cam_scores` plus the image count. Used between training epochs."""
+    thresholds = [background_score, *sweep]
     voc = VOCDataset(root)
     ids = voc.split_ids(split)
     ids = ids[:num_images] if num_images > 0 else ids
-    labels = voc.image_labels(num_classes=num_classes)
+    labels = voc.image_labels(num_classes=num_classes, labels_from=labels_from)
     total = np.zeros((len(thresholds), num_classes + 1, num_classes + 1), np.int64)
     was_training = model.training
     model.eval()
@@ -177,4 +199,4 @@ def model_cam_sweep(model: nn.Module, root: str | Path, split: str, thresholds: 
                                           num_classes + 1)
     finally:
         model.train(was_training)
-    return {"split": split, "images": len(ids), **sweep_summary(total, thresholds)}
+    return {"split": split, "images": len(ids), **cam_scores(total, background_score, sweep)}

@@ -86,8 +86,9 @@ def ablate(cfg: Config, variants: tuple[str, ...] = tuple(PAPER_ABLATION)) -> li
         run(variant_cfg, until="eval_cam")
         scores = storage.join(RunFolder.of(variant_cfg).cam_scores, f"{cfg.data.cam_split}.json")
         summary = json.loads(storage.read_text(scores))
-        rows.append({"variant": variant, "cam_miou": round(100 * summary["best_miou"], 1),
-                     "best_threshold": summary["best_threshold"], "paper_voc_train": PAPER_ABLATION.get(variant)})
+        rows.append({"variant": variant, "cam_miou": round(100 * summary["miou"], 1),
+                     "best_cam_miou": round(100 * summary["best_miou"], 1), "best_threshold": summary["best_threshold"],
+                     "paper_voc_train": PAPER_ABLATION.get(variant)})
     write_json(storage.join(base, "ablation.json"), rows)
     write_rows(storage.join(base, "ablation.csv"), rows)
     return rows

@@ -60,6 +60,10 @@ class RunFolder:
     def classifier(self) -> PathLike:
         return self._path("classifier")
 
+    def classifier_at(self, epoch: int) -> PathLike:
+        """The classifier exported after `epoch` epochs (cam.classifier_epoch); 0 = the final one."""
+        return storage.join(self.classifier, f"epoch_{epoch}") if epoch else self.classifier
+
     # stage 2: CAMs and their scores
     @property
     def cams(self) -> PathLike:

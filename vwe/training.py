@@ -53,6 +53,7 @@ class Schedule:
     checkpoint_every: int
     loader_workers: int
     max_steps: int = 0  # > 0: stop after this many steps (the LR schedule still spans total_steps)
+    lr_every: int = 1  # steps between LR updates (deeplab-pytorch updates its poly LR every 10)
 
     @property
     def last_step(self) -> int:
@@ -91,9 +92,10 @@ def steps_per_epoch(dataset_size: int, global_batch: int, split: str) -> int:
     return steps
 
 
-def poly_lr_factor(step: int, total_steps: int, power: float) -> float:
-    """lr_t / lr_0 = (1 - t / T) ** power, set before every step from t = 0 (METHOD §1.6)."""
-    return (1.0 - step / total_steps) ** power
+def poly_lr_factor(step: int, total_steps: int, power: float, every: int = 1) -> float:
+    """lr_t / lr_0 = (1 - t' / T) ** power with t' = t rounded down to a multiple of `every`: set before every step
+    from t = 0 (METHOD §1.6), held for `every` steps (METHOD §5)."""
+    return (1.0 - (step - step % every) / total_steps) ** power
 
 
 def set_lr(optimizer: torch.optim.Optimizer, base_lr: float, factor: float) -> None:
@@ -131,14 +133,15 @@ StepFn = Callable[[nn.Module, dict[str, Any], torch.optim.Optimizer], dict[str, 
 def run(session: Session, model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset, step_fn: StepFn,
         schedule: Schedule, config: dict[str, Any], compile_model: bool = False,
         fault: dict[str, Any] | None = None,
-        epoch_eval: Callable[[nn.Module], dict[str, float]] | None = None) -> dict[str, Any]:
+        epoch_end: Callable[[nn.Module, int], dict[str, float]] | None = None) -> dict[str, Any]:
     """Trains from the session's last checkpoint (or step 0) to `schedule.last_step`.
 
     `step_fn(model, batch, optimizer)` does one optimisation step and returns loss terms as detached device
     tensors; they are averaged and read (the only host sync) every `log_every` steps and at checkpoints.
-    Returns the last metrics, the step it resumed from and every report since. `epoch_eval(model)` (optional) runs
-    on rank 0 at each epoch end; its metrics join that step's report (the other ranks report the step without
-    them). `fault` is a test hook: {"step": k, "rank": r, "marker": path} raises once on rank r after step k.
+    Returns the last metrics, the step it resumed from and every report since. `epoch_end(model, epochs_done)`
+    (optional) runs on rank 0 at each epoch end (an evaluation, an export); the metrics it returns join that step's
+    report (the other ranks report the step without them). `fault` is a test hook: {"step": k, "rank": r,
+    "marker": path} raises once on rank r after step k.
     """
     per_epoch = steps_per_epoch(len(dataset), schedule.batch_size, "training")
     batch = per_worker_batch(schedule.batch_size, session.world_size)
@@ -170,7 +173,7 @@ def run(session: Session, model: nn.Module, optimizer: torch.optim.Optimizer, da
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=schedule.loader_workers,
                             pin_memory=session.device.type == "cuda")
         for data in loader:
-            factor = poly_lr_factor(step, schedule.total_steps, schedule.poly_power)
+            factor = poly_lr_factor(step, schedule.total_steps, schedule.poly_power, schedule.lr_every)
             set_lr(optimizer, schedule.lr, factor)
             meter.add(step_fn(wrapped, data, optimizer), images=batch * session.world_size)
             step += 1
@@ -186,8 +189,8 @@ def run(session: Session, model: nn.Module, optimizer: torch.optim.Optimizer, da
                     raise FloatingPointError(
                         f"the loss is {losses['loss']} at step {step}: training diverged; lower the learning rate")
                 metrics = {"step": step, "epoch": step / per_epoch, "lr": schedule.lr * factor, **losses}
-                if epoch_eval is not None and step % per_epoch == 0 and session.rank == 0:
-                    metrics.update(epoch_eval(model))
+                if epoch_end is not None and step % per_epoch == 0 and session.rank == 0:
+                    metrics.update(epoch_end(model, step // per_epoch))
                     meter.restart_clock()  # the evaluation is not training time
                 history.append(metrics)
                 if session.rank == 0:

@@ -70,8 +70,9 @@ def _eval_cam(args: argparse.Namespace) -> int:
     with locked(cfg):
         summary = evaluate_cams(cfg, args.split)
     print(format_table(summary))
-    print(f"best background threshold {summary['best_threshold']:.2f}: mIoU {100 * summary['best_miou']:.1f} "
-          f"on {summary['split']} ({summary['images']} images)")
+    print(f"CAM mIoU {100 * summary['miou']:.1f} at background score {summary['background_score']:.2f} on "
+          f"{summary['split']} ({summary['images']} images); best background threshold {summary['best_threshold']:.2f} "
+          f"of the sweep: {100 * summary['best_miou']:.1f} (optimistic: chosen on this split)")
     print("\n".join(f"{kind}: {path}" for kind, path in summary["files"].items()))
     return 0
 

@@ -27,11 +27,11 @@ class ClassificationDataset(Dataset):
 
     def __init__(self, root: str | Path, split: str, *, crop_size: int = 512,
                  resize_long: tuple[int, int] = (320, 640), flip: bool = True, seed: int | None = None,
-                 exclude: Iterable[str] = (), num_classes: int = NUM_CLASSES):
+                 exclude: Iterable[str] = (), num_classes: int = NUM_CLASSES, labels_from: str = "xml"):
         self.voc = VOCDataset(root)
         excluded = set(exclude)
         self.ids = [i for i in self.voc.split_ids(split) if i not in excluded]
-        labels = self.voc.image_labels(exclude=excluded, num_classes=num_classes)
+        labels = self.voc.image_labels(exclude=excluded, num_classes=num_classes, labels_from=labels_from)
         unlabeled = [i for i in self.ids if i not in labels]
         if unlabeled:
             raise DataError(f"{self.voc.split_path(split)}: {len(unlabeled)} ids have no mask and no annotation, "

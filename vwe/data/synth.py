@@ -45,7 +45,7 @@ import numpy as np
 from PIL import Image
 
 from vwe import storage
-from vwe.data.voc import BAD_FILES_REPORT, CLASSES, IGNORE, LABELS_CACHE, VOCDataset, encode_mask
+from vwe.data.voc import BAD_FILES_REPORT, CLASSES, IGNORE, VOCDataset, encode_mask, labels_cache
 from vwe.errors import ConfigError, DataError
 from vwe.io import atomic_path, write_json, write_text
 
@@ -386,7 +386,7 @@ def _claim(root: Path, params: dict[str, Any]) -> bool:
             return True
         for folder in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "Annotations", "ImageSets"):
             shutil.rmtree(root / folder, ignore_errors=True)
-        for name in (LABELS_CACHE, BAD_FILES_REPORT):
+        for name in (labels_cache("xml"), labels_cache("masks"), BAD_FILES_REPORT):
             (root / name).unlink(missing_ok=True)
     elif root.exists() and any(root.iterdir()):
         raise DataError(f"{root}: folder is not empty and holds no synthetic benchmark ({MARKER} missing); "

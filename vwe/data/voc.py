@@ -14,6 +14,7 @@ vectors of length 20 where index c is mask label c + 1 (METHOD §6).
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -42,7 +43,9 @@ NUM_CLASSES = len(CLASSES)
 IGNORE = 255
 SPLITS = ("train", "val", "test", "train_aug")
 STANDARD_COUNTS = {"train": 1464, "val": 1449, "test": 1456, "train_aug": 10582}  # VOC 2012 + SBD, METHOD §6
-LABELS_CACHE = "vwe_cls_labels.json"
+def labels_cache(labels_from: str) -> str:
+    """The file, in a dataset root, that caches its image labels from `labels_from` (xml or masks)."""
+    return f"vwe_cls_labels_{labels_from}.json"
 BAD_FILES_REPORT = "vwe_bad_files.json"
 _CACHE_FORMAT = 1
 
@@ -229,6 +232,7 @@ class CheckReport:
     bad: list[BadFile] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     report_path: str | Path | None = None
+    label_disagreements: int = 0  # images whose mask and annotation list other classes
 
 
 class VOCDataset:
@@ -268,13 +272,14 @@ class VOCDataset:
     def annotation_path(self, image_id: str) -> str | Path:
         return storage.join(self.root, "Annotations", f"{image_id}.xml")
 
-    def labels(self, image_id: str) -> np.ndarray | None:
-        """Image labels of one id, from its mask, else its annotation XML; None when it has neither (VOC test)."""
+    def labels(self, image_id: str, labels_from: str = "xml") -> np.ndarray | None:
+        """Image labels of one id from its annotation XML (`labels_from="xml"`, the authors' cls_labels) or its mask
+        (`"masks"`), falling back to the other where that one is missing; None when it has neither (VOC test)."""
         mask = self.mask_path(image_id)
-        if mask is not None:
-            return image_labels_from_mask(mask)
         has_xml = self._has_file("Annotations", f"{image_id}.xml")
-        return labels_from_annotation(self.annotation_path(image_id)) if has_xml else None
+        if has_xml and (labels_from == "xml" or mask is None):
+            return labels_from_annotation(self.annotation_path(image_id))
+        return image_labels_from_mask(mask) if mask is not None else None
 
     def _has_file(self, folder: str, filename: str) -> bool:
         """Whether `<root>/<folder>/<filename>` exists. Locally one check per call; in an object store one listing
@@ -286,9 +291,10 @@ class VOCDataset:
             self._listings[folder] = set(storage.listdir(storage.join(self.root, folder)))
         return filename in self._listings[folder]
 
-    def image_labels(self, *, exclude: Iterable[str] = (), refresh: bool = False,
-                     num_classes: int = NUM_CLASSES) -> dict[str, np.ndarray]:
-        """Image labels of every id in the split lists (minus `exclude`), cached in `<root>/vwe_cls_labels.json`.
+    def image_labels(self, *, exclude: Iterable[str] = (), refresh: bool = False, num_classes: int = NUM_CLASSES,
+                     labels_from: str = "xml") -> dict[str, np.ndarray]:
+        """Image labels of every id in the split lists (minus `exclude`) from `labels_from` (see `labels`), cached in
+        `<root>/vwe_cls_labels_<labels_from>.json`.
 
         Cached labels are never recomputed; ids missing from the cache (a split list grew) are computed and added.
         Ids with neither mask nor annotation are left out. `refresh` recomputes everything. With `num_classes` below
@@ -296,7 +302,7 @@ class VOCDataset:
         """
         excluded = set(exclude)
         wanted = sorted({i for s in self.splits() for i in self.split_ids(s)} - excluded)
-        cache_path = storage.join(self.root, LABELS_CACHE)
+        cache_path = storage.join(self.root, labels_cache(labels_from))
         cached: dict[str, list[int]] = {}
         unlabeled: set[str] = set()
         if not refresh:
@@ -304,7 +310,8 @@ class VOCDataset:
         missing = [i for i in wanted if i not in cached and i not in unlabeled]
         if missing:
             log.info("computing image labels of %d ids under %s", len(missing), self.root)
-            for image_id, labels in zip(missing, _parallel_map(self.labels, missing, "image labels")):
+            read = functools.partial(self.labels, labels_from=labels_from)
+            for image_id, labels in zip(missing, _parallel_map(read, missing, "image labels")):
                 if labels is None:
                     unlabeled.add(image_id)
                 else:
@@ -341,7 +348,8 @@ class VOCDataset:
         train_aug = sorted((pool | set(train)) - set(val))
         write_text(self.split_path("train_aug"), "\n".join(train_aug) + "\n")
         log.info("wrote %s (%d ids)", self.split_path("train_aug"), len(train_aug))
-        self.image_labels(refresh=True)
+        for source in ("xml", "masks"):
+            self.image_labels(refresh=True, labels_from=source)
         return {split: len(self.split_ids(split)) for split in self.splits()}
 
     def check(self, *, skip_bad: bool = False, sbd_root: str | Path | None = None,
@@ -377,47 +385,67 @@ class VOCDataset:
             report.notes.append(f"SBD lists: train {len(sbd_train):,}, val {len(sbd_val):,}")
         ids = sorted(needs)
         log.info("checking %d ids under %s", len(ids), self.root)
-        for image_id, bad in zip(ids, _parallel_map(lambda i: self._check_id(i, needs[i]), ids, "checked")):
+        disagree, both = [], 0
+        for image_id, (bad, classes) in zip(ids, _parallel_map(lambda i: self._check_id(i, needs[i]), ids, "checked")):
+            if classes is not None:
+                both += 1
+                if classes[0] != classes[1]:
+                    disagree.append((image_id, *classes))
             if bad is None:
                 continue
             if not skip_bad:
                 raise DataError(f"{bad.file}: {bad.problem} (image id {bad.image_id})")
             log.warning("bad file %s: %s", bad.file, bad.problem)
             report.bad.append(bad)
+        if disagree:
+            image_id, from_mask, from_xml = disagree[0]
+            report.notes.append(
+                f"note: {len(disagree)} of the {both} images with both a mask and an annotation list other classes in "
+                f"each, e.g. {image_id} (mask: {_names(from_mask)}; annotation: {_names(from_xml)}); "
+                "data.labels_from decides which gives the image labels (xml, the authors' choice, by default)")
+        report.label_disagreements = len(disagree)
         if skip_bad:
             report.report_path = storage.join(report_dir or self.root, BAD_FILES_REPORT)
             write_json(report.report_path, {"root": str(self.root), "bad": [
                 {"id": b.image_id, "file": b.file, "problem": b.problem} for b in report.bad]})
         return report
 
-    def _check_id(self, image_id: str, need: str) -> BadFile | None:
+    def _check_id(self, image_id: str, need: str) -> tuple[BadFile | None, tuple[list[int], list[int]] | None]:
+        """(the problem of an id, or None; its classes from the mask and from the XML when it has both)."""
         image_path = self.image_path(image_id)
         try:
             size = _decode(image_path, "image").size
         except DataError as err:
-            return _bad(image_id, image_path, err)
+            return _bad(image_id, image_path, err), None
         mask_path = self.mask_path(image_id)
+        xml = self.annotation_path(image_id)
+        has_xml = self._has_file("Annotations", f"{image_id}.xml")
+        from_xml = None
+        if has_xml:
+            try:
+                from_xml = np.flatnonzero(labels_from_annotation(xml)).tolist()
+            except DataError as err:
+                return _bad(image_id, xml, err), None
         if mask_path is not None:
             try:
                 mask = read_mask(mask_path)
-                mask_classes(mask, mask_path)
+                from_mask = mask_classes(mask, mask_path)
             except DataError as err:
-                return _bad(image_id, mask_path, err)
+                return _bad(image_id, mask_path, err), None
             if mask.shape[::-1] != size:
                 return BadFile(image_id, str(mask_path), f"mask size {mask.shape[1]}x{mask.shape[0]} (WxH) differs "
-                                                         f"from the image size {size[0]}x{size[1]}")
-        elif need == "mask":
+                                                         f"from the image size {size[0]}x{size[1]}"), None
+            return None, (from_mask, from_xml) if from_xml is not None else None
+        if need == "mask":
             return BadFile(image_id, str(storage.join(self.root, "SegmentationClass", f"{image_id}.png")),
-                           "mask missing (looked in SegmentationClassAug/ and SegmentationClass/)")
-        elif need == "labels":
-            xml = self.annotation_path(image_id)
-            if not self._has_file("Annotations", f"{image_id}.xml"):
-                return BadFile(image_id, str(xml), "no mask and no annotation: the id has no image-level labels")
-            try:
-                labels_from_annotation(xml)
-            except DataError as err:
-                return _bad(image_id, xml, err)
-        return None
+                           "mask missing (looked in SegmentationClassAug/ and SegmentationClass/)"), None
+        if need == "labels" and not has_xml:
+            return BadFile(image_id, str(xml), "no mask and no annotation: the id has no image-level labels"), None
+        return None, None
+
+
+def _names(classes: list[int]) -> str:
+    return ", ".join(CLASSES[c] for c in classes) or "none"
 
 
 def _bad(image_id: str, path: str | Path, err: DataError) -> BadFile:

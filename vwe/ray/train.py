@@ -89,10 +89,10 @@ def checkpoint_dirs(run_dir: str | Path) -> list[str | Path]:
     return [folder for folder in folders if storage.is_file(storage.join(folder, "state.pt"))]
 
 
-def fit(cfg: Config, name: str, loop: Loop, *, resume: bool = False, restart: bool = False,
+def fit(cfg: Config, name: str, loop: Loop, *, num_workers: int = 0, resume: bool = False, restart: bool = False,
         fault: dict[str, Any] | None = None, callbacks: list[ray.train.UserCallback] | None = None) -> dict[str, Any]:
-    """Runs `loop` on every Ray Train worker as the run `name` (resumed when it has checkpoints); returns rank 0's
-    result.
+    """Runs `loop` on `num_workers` Ray Train workers (0: ray.num_workers) as the run `name` (resumed when it has
+    checkpoints); returns rank 0's result.
 
     `resume=True` insists on an existing run; `restart=True` deletes it first. `fault` is the loop's test hook.
     `callbacks` go to the run (a Tune trial passes `TuneReportCallback`).
@@ -114,7 +114,7 @@ def fit(cfg: Config, name: str, loop: Loop, *, resume: bool = False, restart: bo
         _worker,
         train_loop_config={"cfg": cfg, "loop": loop, "run_dir": str(run_dir), "fault": fault},
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
-        scaling_config=ScalingConfig(num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+        scaling_config=ScalingConfig(num_workers=num_workers or cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=resources,
                                      placement_strategy=cfg.ray.placement_strategy),
         run_config=RunConfig(name=name, storage_path=str(RunFolder.of(cfg).train_runs),

@@ -226,7 +226,8 @@ def _trial(config: dict[str, Any], base: dict[str, Any], fixed: dict[str, Any], 
     summary = evaluate_cams(cfg, eval_split)
     # the CAM files were only needed for this number (about 0.8 GB per trial on VOC val); the report stays
     storage.delete(RunFolder.of(cfg).cams)
-    tune.report({"eval_miou": summary["best_miou"], "eval_threshold": summary["best_threshold"],
+    tune.report({"eval_miou": summary["miou"], "eval_best_miou": summary["best_miou"],
+                 "eval_best_threshold": summary["best_threshold"],
                  "eval_images": summary["images"], "steps": trained["step"], "epoch": trained["epoch"],
                  "resumed_from": trained["resumed_from"]})
 
@@ -410,7 +411,8 @@ def result_rows(grid: tune.ResultGrid, base: Config, space: Space) -> list[dict[
         row = {"trial_id": metrics.get("trial_id", storage.name(result.path)), "status": status}
         row.update({key: params.get(key) for key in space.params})
         row.update({key: _get(cfg, key) for key in HEATMAP_AXES if key not in space.params})
-        row.update({"eval_miou": eval_miou, "eval_threshold": last("eval_threshold"), "cam_miou": last("cam_miou"),
+        row.update({"eval_miou": eval_miou, "eval_best_miou": last("eval_best_miou"),
+                    "eval_best_threshold": last("eval_best_threshold"), "cam_miou": last("cam_miou"),
                     "epoch": last("epoch"), "wall_s": float(metrics.get("time_total_s", math.nan)),
                     "error": _last_line(result.error)})
         rows.append(row)
@@ -444,7 +446,8 @@ def write_results(rows: list[dict[str, Any]], base: Config, space: Space, sweep:
         table.to_csv(tmp, index=False)
     with atomic_path(files["parquet"]) as tmp:
         table.to_parquet(tmp, index=False)
-    plot_heatmap(table, files["heatmap"], f"CAM mIoU (%) on {eval_split}, best background threshold")
+    plot_heatmap(table, files["heatmap"], f"CAM mIoU (%) on {eval_split} at cam.background_score "
+                                          f"{base.cam.background_score:g}")
     finished = table[table["status"] == "finished"]
     summary: dict[str, Any] = {"sweep": str(sweep.directory), "trials": len(table),
                                **{s: int((table["status"] == s).sum()) for s in ("finished", "stopped", "error")}}
@@ -458,7 +461,8 @@ def write_results(rows: list[dict[str, Any]], base: Config, space: Space, sweep:
                   f"(CAM mIoU {100 * best['eval_miou']:.1f} on {eval_split}): {params}\n")
         write_text(files["best"], header + yaml.safe_dump(best_cfg.to_dict(), sort_keys=False))
         summary["best"] = {"trial_id": best["trial_id"], "params": params, "eval_miou": float(best["eval_miou"]),
-                           "eval_threshold": float(best["eval_threshold"]),
+                           "eval_best_miou": float(best["eval_best_miou"]),
+                           "eval_best_threshold": float(best["eval_best_threshold"]),
                            "classifier": str(sweep.file("trials", best["trial_id"], "classifier"))}
     else:
         storage.delete(files["best"])

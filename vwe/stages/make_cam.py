@@ -35,7 +35,7 @@ class CamPredictor:
         quiet_worker(cfg.ray.cpus_per_worker)
         self.cfg, self.run = cfg, RunFolder.of(cfg)
         self.device = torch.device("cuda" if cfg.ray.use_gpu else "cpu")
-        self.model, _ = load_trained_classifier(self.run.classifier, self.device)
+        self.model, _ = load_trained_classifier(self.run.classifier_at(cfg.cam.classifier_epoch), self.device)
         gpu = self.device.type == "cuda"
         self.dtype = torch.bfloat16 if gpu and cfg.cam.amp else torch.float32
         self.channels_last = gpu
@@ -72,7 +72,8 @@ def make_cams(cfg: Config, split: str | None = None) -> dict[str, Any]:
     log.info("make-cam on %s: %d to do, %d already done", split, len(todo), len(done))
     rows = []
     if todo:
-        read_export(run.classifier, "train-cam")  # a missing or truncated model.pth is named here, not in an actor
+        # a missing or truncated model.pth is named here, not in an actor
+        read_export(run.classifier_at(cfg.cam.classifier_epoch), "train-cam")
         batch = cfg.cam.batch_size
         rows = map_items(todo, [Tasks(read_images, batch),
                                 Actors(CamPredictor, batch, {"cfg": cfg}, actor_count(cfg.cam.num_actors,
@@ -100,4 +101,5 @@ def is_complete(cfg: Config) -> bool:
 STAGE = Stage(
     name="make_cam", run=run, is_complete=is_complete,
     outputs=lambda cfg: [RunFolder.of(cfg).cams],
-    depends_on=("data.train_split", "data.cam_split", "data.eval_split", "cam.scales", "cam.dtype", "cam.amp"))
+    depends_on=("data.train_split", "data.cam_split", "data.eval_split", "data.labels_from", "cam.scales", "cam.dtype",
+                "cam.amp"))

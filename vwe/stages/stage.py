@@ -46,7 +46,7 @@ def split_items(cfg: Config, split: str,
     """(items still to do, ids already done) of a split: an item is {"id", "path", "labels"} (the image file and
     its multi-hot class labels), done when `is_done(item)` says its output is complete."""
     voc = VOCDataset(cfg.data.root)
-    labels = voc.image_labels(num_classes=cfg.data.num_classes)
+    labels = voc.image_labels(num_classes=cfg.data.num_classes, labels_from=cfg.data.labels_from)
     zero = np.zeros(cfg.data.num_classes, np.float32)
     todo, done = [], []
     for image_id in voc.split_ids(split):

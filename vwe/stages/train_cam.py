@@ -60,7 +60,8 @@ def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None =
         torch.backends.cudnn.benchmark = True
     dataset = ClassificationDataset(cfg.data.root, cfg.data.train_split, crop_size=train_cfg.crop_size,
                                     resize_long=tuple(train_cfg.resize_long), flip=train_cfg.flip,
-                                    seed=train_cfg.seed, num_classes=cfg.data.num_classes)
+                                    seed=train_cfg.seed, num_classes=cfg.data.num_classes,
+                                    labels_from=cfg.data.labels_from)
     per_epoch = training.steps_per_epoch(len(dataset), train_cfg.batch_size, cfg.data.train_split)
     schedule = training.Schedule(
         batch_size=train_cfg.batch_size, total_steps=per_epoch * train_cfg.epochs, lr=train_cfg.lr,
@@ -71,24 +72,33 @@ def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None =
     if session.device.type == "cuda" and train_cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, train_cfg)
-    epoch_eval = functools.partial(epoch_cam_miou, cfg=cfg) if train_cfg.eval_images > 0 else None
+    epoch_end = functools.partial(at_epoch_end, cfg=cfg)
     result = training.run(session, model, optimizer, dataset, functools.partial(train_step, cfg=cfg), schedule,
-                          cfg.to_dict(), compile_model=train_cfg.compile, fault=fault, epoch_eval=epoch_eval)
+                          cfg.to_dict(), compile_model=train_cfg.compile, fault=fault, epoch_end=epoch_end)
     if session.rank == 0:
         export_model(model, cfg, RunFolder.of(cfg).classifier)
     return result
 
 
+def at_epoch_end(model: nn.Module, epochs_done: int, cfg: Config) -> dict[str, float]:
+    """Rank 0 at each epoch end: keeps the weights that make the CAMs when they are this epoch's
+    (cam.classifier_epoch), and evaluates the CAMs when train.eval_images asks for it."""
+    if epochs_done == cfg.cam.classifier_epoch:
+        export_model(model, cfg, RunFolder.of(cfg).classifier_at(epochs_done))
+    return epoch_cam_miou(model, cfg) if cfg.train.eval_images > 0 else {}
+
+
 def epoch_cam_miou(model: nn.Module, cfg: Config) -> dict[str, float]:
-    """CAM mIoU at the best background threshold on the first `train.eval_images` images of data.cam_split, with
-    the configured CAM scales; the per-epoch signal of `vwe tune`'s early stopping."""
+    """CAM mIoU at cam.background_score (and the sweep's optimistic best) on the first `train.eval_images` images
+    of data.cam_split, with the configured CAM scales; the per-epoch signal of `vwe tune`'s early stopping."""
     device = next(model.parameters()).device
-    summary = evaluation.model_cam_sweep(
-        model, cfg.data.root, cfg.data.cam_split, list(cfg.cam.sweep), num_images=cfg.train.eval_images,
-        scales=cfg.cam.scales, batch_size=cfg.cam.batch_size,
+    summary = evaluation.model_cam_scores(
+        model, cfg.data.root, cfg.data.cam_split, cfg.cam.background_score, list(cfg.cam.sweep),
+        num_images=cfg.train.eval_images, scales=cfg.cam.scales, batch_size=cfg.cam.batch_size,
         dtype=torch.bfloat16 if device.type == "cuda" and cfg.cam.amp else torch.float32,
-        num_classes=cfg.data.num_classes)
-    return {"cam_miou": summary["best_miou"], "cam_threshold": summary["best_threshold"]}
+        num_classes=cfg.data.num_classes, labels_from=cfg.data.labels_from)
+    return {"cam_miou": summary["miou"], "cam_best_miou": summary["best_miou"],
+            "cam_best_threshold": summary["best_threshold"]}
 
 
 def load_trained_classifier(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Classifier, Config]:
@@ -101,7 +111,8 @@ def load_trained_classifier(directory: str | Path, device: str | torch.device = 
 
 def check_inputs(cfg: Config) -> None:
     """What the workers will read, checked here first: the training split and the ImageNet weights."""
-    dataset = ClassificationDataset(cfg.data.root, cfg.data.train_split, num_classes=cfg.data.num_classes)
+    dataset = ClassificationDataset(cfg.data.root, cfg.data.train_split, num_classes=cfg.data.num_classes,
+                                    labels_from=cfg.data.labels_from)
     training.steps_per_epoch(len(dataset), cfg.train.batch_size, cfg.data.train_split)
     if cfg.model.pretrained:
         check_weights(cfg.model.pretrained, key="model.pretrained")
@@ -123,9 +134,11 @@ def run(cfg: Config) -> dict[str, Any]:
 
 STAGE = Stage(
     name=NAME, run=run,
-    is_complete=lambda cfg: storage.is_file(storage.join(RunFolder.of(cfg).classifier, "model.pth")),
+    is_complete=lambda cfg: all(storage.is_file(storage.join(RunFolder.of(cfg).classifier_at(epoch), "model.pth"))
+                                for epoch in {0, cfg.cam.classifier_epoch}),
     outputs=lambda cfg: [RunFolder.of(cfg).classifier, RunFolder.of(cfg).train_run(NAME)],
-    depends_on=("data.train_split", "data.num_classes", "model", "train.batch_size", "train.epochs", "train.lr",
+    depends_on=("data.train_split", "data.num_classes", "data.labels_from", "model", "cam.classifier_epoch",
+                "train.batch_size", "train.epochs", "train.lr",
                 "train.new_layer_lr_mult", "train.optimizer", "train.momentum", "train.weight_decay",
                 "train.poly_power", "train.crop_size", "train.resize_long", "train.flip", "train.seed", "train.amp",
                 "train.channels_last", "train.compile", "train.max_steps"))

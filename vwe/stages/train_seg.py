@@ -1,13 +1,15 @@
 """Stage 4: DeepLab v2 trained on the pseudo labels, as deeplab-pytorch trains it (METHOD §5).
 
-Global batch 10 split over the workers (the authors' 5 x gradient accumulation 2, METHOD P13), 321 crops, one
-of 5 scales per image, SGD momentum 0.9 with weight decay 5e-4, poly LR from 2.5e-4 over 20,000 steps, ASPP at
-10x / 20x, BN frozen, cross-entropy (255 ignored) summed over the 4 MSC outputs, on Ray Train. The loop itself is
-`vwe.training.run`, shared with the classifier (progress, checkpoints, resume, fault recovery).
+Global batch 10 split over the workers and two accumulated sub-batches (the authors' 5 x 2, METHOD P13), 321
+crops, one of 5 scales per image, SGD momentum 0.9 with weight decay 5e-4, poly LR from 2.5e-4 over 20,000 steps
+updated every 10, ASPP at 10x / 20x, BN frozen, cross-entropy (255 ignored) summed over the 4 MSC outputs, on Ray
+Train. The loop itself is `vwe.training.run`, shared with the classifier (progress, checkpoints, resume, fault
+recovery).
 Output: `<out_dir>/deeplab/model.pth` + `config.yaml`; checkpoints in `<ray storage>/train_seg/`.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 from pathlib import Path
 from typing import Any, Sequence
@@ -70,16 +72,31 @@ def msc_loss(outputs: Sequence[Tensor], labels: Tensor) -> tuple[Tensor, dict[st
 
 def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
                cfg: Config) -> dict[str, Tensor]:
-    """One optimisation step; returns the loss terms as detached device tensors (no host sync)."""
+    """One optimisation step over `seg.accumulation` equal sub-batches, as deeplab-pytorch's iter_size: each
+    sub-batch's MSC loss averages over its own valid pixels, and the step takes the mean of their gradients. With
+    no ignored pixel that equals one pass over the whole batch; when the sub-batches ignore different shares of
+    their pixels, it weights their pixels differently. Returns the loss terms (means over the sub-batches) as
+    detached device tensors (no host sync)."""
     device = next(unwrap(model).parameters()).device
     images = batch["image"].to(device, non_blocking=True)
     labels = batch["label"].to(device, non_blocking=True)
     if device.type == "cuda" and cfg.seg.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.seg.amp):
-        outputs = model(images)
-    loss, terms = msc_loss(outputs, labels)
-    return training.optimize(optimizer, loss, terms)
+    parts = cfg.seg.accumulation
+    optimizer.zero_grad(set_to_none=True)
+    terms: dict[str, Tensor] = {}
+    for i, (part_images, part_labels) in enumerate(zip(images.chunk(parts), labels.chunk(parts))):
+        # DDP all-reduces the gradients once, with the last sub-batch's backward pass
+        last = i == parts - 1
+        with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.seg.amp):
+                outputs = model(part_images)
+            loss, part_terms = msc_loss(outputs, part_labels)
+            (loss / parts).backward()
+        for name, value in {**part_terms, "loss": loss.detach()}.items():
+            terms[name] = terms.get(name, 0) + value / parts
+    optimizer.step()
+    return terms
 
 
 def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -94,7 +111,7 @@ def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None =
     schedule = training.Schedule(
         batch_size=seg.batch_size, total_steps=seg.iterations, lr=seg.lr, poly_power=seg.poly_power, seed=seg.seed,
         log_every=seg.log_every, checkpoint_every=seg.checkpoint_every, loader_workers=seg.loader_workers,
-        max_steps=seg.max_steps)
+        max_steps=seg.max_steps, lr_every=seg.lr_every)
     base = build_deeplab(seg, cfg.data.num_classes + 1)
     model = MultiScaleDeepLab(base, seg.train_msc_scales).to(session.device)
     if session.device.type == "cuda" and seg.channels_last:
@@ -128,7 +145,7 @@ def train_deeplab(cfg: Config, *, resume: bool = False, restart: bool = False,
     """Stage 4 on Ray Train (`vwe train-seg`); returns rank 0's last metrics, the step it resumed from and every
     report."""
     check_inputs(cfg)
-    return fit(cfg, NAME, train, resume=resume, restart=restart, fault=fault)
+    return fit(cfg, NAME, train, num_workers=cfg.seg.num_workers, resume=resume, restart=restart, fault=fault)
 
 
 def run(cfg: Config) -> dict[str, Any]:
@@ -142,7 +159,8 @@ STAGE = Stage(
     is_complete=lambda cfg: storage.is_file(storage.join(RunFolder.of(cfg).deeplab, "model.pth")),
     outputs=lambda cfg: [RunFolder.of(cfg).deeplab, RunFolder.of(cfg).train_run(NAME)],
     depends_on=("data.train_split", "data.num_classes", "seg.backbone", "seg.init", "seg.pretrained",
-                "seg.labels_dir", "seg.batch_size", "seg.iterations", "seg.lr", "seg.optimizer",
+                "seg.labels_dir", "seg.batch_size", "seg.accumulation", "seg.iterations", "seg.lr", "seg.lr_every",
+                "seg.optimizer",
                 "seg.aspp_weight_lr_mult", "seg.aspp_bias_lr_mult", "seg.momentum", "seg.weight_decay",
                 "seg.poly_power", "seg.crop_size", "seg.scales", "seg.flip", "seg.train_msc_scales",
                 "seg.aspp_rates", "seg.amp", "seg.channels_last", "seg.compile", "seg.seed", "seg.max_steps"))
