@@ -4,6 +4,8 @@ Paths may be local, on NFS, or object-store URIs (s3://...): see `vwe.storage`.
 """
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -11,7 +13,7 @@ from typing import Any
 from vwe import storage
 from vwe.storage import atomic_path
 
-__all__ = ["atomic_path", "update_manifest", "write_json", "write_text"]
+__all__ = ["MetricsLog", "atomic_path", "update_manifest", "write_json", "write_text"]
 
 
 def write_text(path: str | Path, text: str) -> None:
@@ -42,3 +44,29 @@ def update_manifest(path: str | Path, rows: list[dict[str, Any]], key: str = "id
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp)
     return table.num_rows
+
+
+class MetricsLog:
+    """A training run's reports as CSV, one row per report (step, epoch, lr, the loss terms, images/s, and the
+    epoch-end evaluation where there is one), rewritten atomically at each report. A resumed run starts again
+    from its checkpoint's step: rows from that step on are replaced, so the file has one row per step."""
+
+    def __init__(self, path: str | Path):
+        self.path = path
+        self.rows: list[dict[str, Any]] = []
+        if storage.is_file(path):
+            self.rows = [{k: _number(v) for k, v in row.items() if v != ""}
+                         for row in csv.DictReader(io.StringIO(storage.read_text(path)))]
+
+    def add(self, metrics: dict[str, Any]) -> None:
+        self.rows = [row for row in self.rows if row["step"] < metrics["step"]] + [dict(metrics)]
+        columns = list(dict.fromkeys(key for row in self.rows for key in row))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_text(self.path, buffer.getvalue())
+
+
+def _number(text: str) -> int | float:
+    return int(text) if text.lstrip("-").isdigit() else float(text)

@@ -47,6 +47,15 @@ class RunFolder:
     def data_check(self) -> PathLike:
         return self._path("data_check.json")
 
+    def metrics(self, stage: str) -> PathLike:
+        """A training stage's reports (loss terms, LR, images/s, epoch-end CAM mIoU) as CSV, one row per report."""
+        return self._path("metrics", f"{stage}.csv")
+
+    @property
+    def logs(self) -> PathLike:
+        """The log files of the Ray workers and actors of this run's commands, one per process."""
+        return self._path("logs")
+
     # Ray Train's runs: checkpoints of each training stage
     @property
     def train_runs(self) -> PathLike:

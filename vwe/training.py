@@ -133,15 +133,17 @@ StepFn = Callable[[nn.Module, dict[str, Any], torch.optim.Optimizer], dict[str, 
 def run(session: Session, model: nn.Module, optimizer: torch.optim.Optimizer, dataset: Dataset, step_fn: StepFn,
         schedule: Schedule, config: dict[str, Any], compile_model: bool = False,
         fault: dict[str, Any] | None = None,
-        epoch_end: Callable[[nn.Module, int], dict[str, float]] | None = None) -> dict[str, Any]:
+        epoch_end: Callable[[nn.Module, int], dict[str, float]] | None = None,
+        on_report: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Trains from the session's last checkpoint (or step 0) to `schedule.last_step`.
 
     `step_fn(model, batch, optimizer)` does one optimisation step and returns loss terms as detached device
     tensors; they are averaged and read (the only host sync) every `log_every` steps and at checkpoints.
     Returns the last metrics, the step it resumed from and every report since. `epoch_end(model, epochs_done)`
     (optional) runs on rank 0 at each epoch end (an evaluation, an export); the metrics it returns join that step's
-    report (the other ranks report the step without them). `fault` is a test hook: {"step": k, "rank": r,
-    "marker": path} raises once on rank r after step k.
+    report (the other ranks report the step without them). `on_report(metrics)` (optional) gets rank 0's reports
+    (a metrics file). `fault` is a test hook: {"step": k, "rank": r, "marker": path} raises once on rank r after
+    step k.
     """
     per_epoch = steps_per_epoch(len(dataset), schedule.batch_size, "training")
     batch = per_worker_batch(schedule.batch_size, session.world_size)
@@ -193,6 +195,8 @@ def run(session: Session, model: nn.Module, optimizer: torch.optim.Optimizer, da
                     metrics.update(epoch_end(model, step // per_epoch))
                     meter.restart_clock()  # the evaluation is not training time
                 history.append(metrics)
+                if session.rank == 0 and on_report is not None:
+                    on_report(metrics)
                 if session.rank == 0:
                     log.info("step %d/%d  epoch %.2f  %s  lr %.6f", step, schedule.last_step, metrics["epoch"],
                              "  ".join(f"{k} {v:.4f}" if k != "images_per_s" else f"{v:.1f} img/s"

@@ -15,6 +15,7 @@ from torch import nn
 
 from vwe import evaluation, storage, training
 from vwe.checkpoint import export_model, read_export, unwrap
+from vwe.io import MetricsLog
 from vwe.config import Config, TrainConfig
 from vwe.data.datasets import ClassificationDataset
 from vwe.losses import classifier_loss
@@ -74,7 +75,8 @@ def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None =
     optimizer = build_optimizer(model, train_cfg)
     epoch_end = functools.partial(at_epoch_end, cfg=cfg)
     result = training.run(session, model, optimizer, dataset, functools.partial(train_step, cfg=cfg), schedule,
-                          cfg.to_dict(), compile_model=train_cfg.compile, fault=fault, epoch_end=epoch_end)
+                          cfg.to_dict(), compile_model=train_cfg.compile, fault=fault, epoch_end=epoch_end,
+                          on_report=MetricsLog(RunFolder.of(cfg).metrics(NAME)).add if session.rank == 0 else None)
     if session.rank == 0:
         export_model(model, cfg, RunFolder.of(cfg).classifier)
     return result
@@ -136,7 +138,8 @@ STAGE = Stage(
     name=NAME, run=run,
     is_complete=lambda cfg: all(storage.is_file(storage.join(RunFolder.of(cfg).classifier_at(epoch), "model.pth"))
                                 for epoch in {0, cfg.cam.classifier_epoch}),
-    outputs=lambda cfg: [RunFolder.of(cfg).classifier, RunFolder.of(cfg).train_run(NAME)],
+    outputs=lambda cfg: [RunFolder.of(cfg).classifier, RunFolder.of(cfg).train_run(NAME),
+                         RunFolder.of(cfg).metrics(NAME)],
     depends_on=("data.train_split", "data.num_classes", "data.labels_from", "model", "cam.classifier_epoch",
                 "train.batch_size", "train.epochs", "train.lr",
                 "train.new_layer_lr_mult", "train.optimizer", "train.momentum", "train.weight_decay",

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from vwe import storage, training
 from vwe.checkpoint import export_model, read_export, unwrap
+from vwe.io import MetricsLog
 from vwe.config import Config, SegConfig
 from vwe.data.datasets import SegmentationDataset
 from vwe.data.voc import IGNORE
@@ -118,7 +119,8 @@ def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None =
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(base, seg)
     result = training.run(session, model, optimizer, dataset, functools.partial(train_step, cfg=cfg), schedule,
-                          cfg.to_dict(), compile_model=seg.compile, fault=fault)
+                          cfg.to_dict(), compile_model=seg.compile, fault=fault,
+                          on_report=MetricsLog(RunFolder.of(cfg).metrics(NAME)).add if session.rank == 0 else None)
     if session.rank == 0:
         export_model(base, cfg, RunFolder.of(cfg).deeplab)
     return result
@@ -157,7 +159,8 @@ def run(cfg: Config) -> dict[str, Any]:
 STAGE = Stage(
     name=NAME, run=run,
     is_complete=lambda cfg: storage.is_file(storage.join(RunFolder.of(cfg).deeplab, "model.pth")),
-    outputs=lambda cfg: [RunFolder.of(cfg).deeplab, RunFolder.of(cfg).train_run(NAME)],
+    outputs=lambda cfg: [RunFolder.of(cfg).deeplab, RunFolder.of(cfg).train_run(NAME),
+                         RunFolder.of(cfg).metrics(NAME)],
     depends_on=("data.train_split", "data.num_classes", "seg.backbone", "seg.init", "seg.pretrained",
                 "seg.labels_dir", "seg.batch_size", "seg.accumulation", "seg.iterations", "seg.lr", "seg.lr_every",
                 "seg.optimizer",
