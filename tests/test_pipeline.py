@@ -1,6 +1,9 @@
 """`vwe run` end to end on the tiny config: every stage's outputs, the report, skipping, and partial re-runs."""
 import json
+import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,10 +16,41 @@ STAGES = ["data", "train_cam", "make_cam", "eval_cam", "make_pseudo", "train_seg
 
 
 @pytest.fixture(scope="module")
-def run_dir(ray_local, tmp_path_factory):
+def first_run(ray_local, tmp_path_factory):
+    """`vwe run` as a user runs it: a fresh process with its own local Ray; its stderr is kept."""
     out = tmp_path_factory.mktemp("pipeline")
-    assert main(["run", "--config", "tiny", "--out", str(out)]) == 0
-    return out
+    done = subprocess.run([sys.executable, "-m", "vwe.cli", "run", "--config", "tiny", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done.stderr
+
+
+@pytest.fixture(scope="module")
+def run_dir(first_run):
+    return first_run[0]
+
+
+def test_a_run_prints_vwes_own_lines_only(first_run):
+    """Default verbosity: no traceback, no Ray Train report dicts or checkpoint banners, no Ray Data progress
+    tables; a line per stage start and end (k of n) and a progress total per data stage, from the start."""
+    out, stderr = first_run
+    lines = stderr.splitlines()
+    assert len(lines) < 100, stderr
+    assert "Traceback" not in stderr and "TrainingReport" not in stderr and "Checkpoint successfully" not in stderr
+    assert "logging_progress" not in stderr and "Total Progress" not in stderr
+    for number, name in enumerate(STAGES, 1):
+        assert any(f"stage {number}/{len(STAGES)} {name}: running" in line for line in lines), name
+        assert any(f"stage {number}/{len(STAGES)} {name}: done in" in line for line in lines), name
+    voc = VOCDataset(out / "data" / "VOC2012")
+    sizes = {split: len(voc.split_ids(split)) for split in ("train_aug", "train", "val")}
+    # the first line of each data stage states its whole total, and its last one reaches it
+    assert f"make-cam train_aug: {sizes['train_aug']} images to do" in stderr
+    assert f"make-cam train_aug: {sizes['train_aug']}/{sizes['train_aug']} images in" in stderr
+    assert f"make-pseudo train_aug (confident): {sizes['train_aug']} images to do" in stderr
+    assert f"infer-seg val: {sizes['val']} images to do" in stderr
+    assert f"eval-cam val: {sizes['val']} images to do" in stderr
+    assert any(re.search(r"step 24/24 .* ETA 0:00", line) for line in lines)
+    assert list((out / "logs").glob("train_cam-rank0-*.log")) and list((out / "logs").glob("make_cam-*.log"))
 
 
 def stage_runs(out: Path) -> dict[str, bool]:

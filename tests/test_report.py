@@ -1,8 +1,10 @@
 """The run report: a self-contained report.html whose numbers match the run's files, whose pictures are PNG data
 URIs, and which Chromium displays in full."""
 import base64
+import dataclasses
 import html
 import io
+import json
 import re
 import shutil
 import subprocess
@@ -21,9 +23,10 @@ from vwe.cli import main as cli_main
 from vwe.config import load_config
 from vwe.data.synth import generate
 from vwe.data.voc import VOCDataset, read_image, read_mask, write_mask
-from vwe.io import write_json
+from vwe.io import MetricsLog, write_json
 from vwe.models import build_classifier
-from vwe.report import build_report, example_cells, example_columns, load_run, visual_word_patches
+from vwe.report import build_report, example_cells, example_columns, load_run, page as report_page, visual_word_patches
+from vwe.report.plots import loss_terms
 from vwe import evaluation
 from vwe.evaluation import cam_confusions, cam_scores, gt_mask, write_report
 from vwe.run_folder import RunFolder
@@ -37,6 +40,18 @@ STAGES = {
     "train_cam": {"seconds": 12.5, "skipped": False, "result": {"images": 64}, "images_per_s": 5.12},
     "make_cam": {"seconds": 3.25, "skipped": False, "result": {"images": 8}, "images_per_s": 2.46},
 }
+
+
+# the classifier's reports as train_cam writes them: the loss terms every 4 steps, the CAM mIoU at each epoch end
+CLASSIFIER_METRICS = [
+    {"step": step, "epoch": (step - 1) // 12, "lr": 0.1 * (1 - step / 25) ** 0.9, "loss": 1.5 - step / 30,
+     "img": 0.7 - step / 60, "w2i": 0.5 - step / 90, "word": 0.3 - step / 180, "images_per_s": 40.0 + step,
+     **({"cam_miou": 0.02 * step, "cam_best_miou": 0.021 * step, "cam_best_threshold": 0.15} if step % 12 == 0
+        else {})}
+    for step in range(4, 25, 4)]
+SYNTH_REFERENCE = {"headline-cam": "44.4", "headline-cam-val": "44.5", "headline-pseudo": "53.5",
+                   "headline-cam-best": "&ndash;", "headline-cam-best-val": "&ndash;",
+                   "headline-baseline-train": "&ndash;"}
 
 
 class _Images(HTMLParser):
@@ -62,6 +77,19 @@ def cell(page: str, element_id: str) -> str:
     return match.group(1)
 
 
+def iou_table(page: str, split: str) -> tuple[list[str], dict[str, list[str]]]:
+    """The headings of the per-class table of `split`, and each row's cells (by the row's name)."""
+    table = re.search(rf'<table class="iou" id="iou-{split}">(.*?)</table>', page, re.DOTALL).group(1)
+    headings = re.findall(r"<th>([^<]*)</th>", table)
+    rows = {name: re.findall(r'<td class="num"[^>]*>([^<]*)</td>', row)
+            for name, row in re.findall(rf'<tr id="iou-{split}-([^"]+)">(.*?)</tr>', table)}
+    return headings, rows
+
+
+def percent(value: float | None) -> str:
+    return f"{100 * value:.1f}" if value is not None else "&ndash;"
+
+
 @pytest.fixture(scope="module")
 def words_run(tmp_path_factory) -> Path:
     """A run folder as `vwe run` leaves it after the pseudo labels, made directly: a random-init vwe+hspp classifier,
@@ -75,21 +103,26 @@ def words_run(tmp_path_factory) -> Path:
     export_model(model, cfg, out / "classifier")
     voc = VOCDataset(cfg.data.root)
     labels = voc.image_labels()
-    for image_id in voc.split_ids("train_aug"):
+    for image_id in voc.split_ids("train_aug") + voc.split_ids("val"):
         result = multiscale_cam(model, read_image(voc.image_path(image_id)), labels[image_id], cfg.cam.scales)
         save_cam(RunFolder(out).cam(image_id), result)
-        write_mask(RunFolder(out).pseudo_label(image_id),
-                   cam_to_label(result.high_res, result.keys, cfg.cam.background_score))
+        if image_id in voc.split_ids("train_aug"):
+            write_mask(RunFolder(out).pseudo_label(image_id),
+                       cam_to_label(result.high_res, result.keys, cfg.cam.background_score))
     train = voc.split_ids("train")
     scores = [cfg.cam.background_score, *cfg.cam.sweep]
-    sweep = sum(cam_confusions(RunFolder(out).cam(i), gt_mask(voc, i), scores) for i in train)
-    write_report(out / "eval_cam", "train",
-                 {"split": "train", **cam_scores(sweep, cfg.cam.background_score, cfg.cam.sweep)})
+    for split in ("train", "val"):
+        sweep = sum(cam_confusions(RunFolder(out).cam(i), gt_mask(voc, i), scores) for i in voc.split_ids(split))
+        write_report(out / "eval_cam", split,
+                     {"split": split, **cam_scores(sweep, cfg.cam.background_score, cfg.cam.sweep)})
     matrix = sum(evaluation.image_confusion(RunFolder(out).pseudo_label(i), voc.mask_path(i), 21,
                                             unsure_as_background=True)
                  for i in train)
     write_report(out / "eval_labels", "pseudo_train", {"split": "train", **evaluation.summarize(matrix)})
     write_json(out / "stages.json", STAGES)
+    metrics = MetricsLog(RunFolder(out).metrics("train_cam"))
+    for row in CLASSIFIER_METRICS:
+        metrics.add(row)
     build_report(out, num_examples=3, num_words=4, patches_per_word=3, word_images=6)
     return out
 
@@ -99,7 +132,9 @@ def test_every_picture_is_an_embedded_png_also_kept_as_a_file(words_run):
     assert "<script" not in page and "http://" not in page and "https://" not in page
     images = images_of(page)
     files = {p.name: p.read_bytes() for p in (words_run / "report").glob("*.png")}
-    assert set(files) == {"cam_threshold_curve.png", "examples_train.png", "visual_words.png"}
+    assert set(files) == {"stage_timings.png", "loss_train_cam.png", "cam_threshold_curve.png", "examples_train.png",
+                          "visual_words.png"}
+    assert [image.get("id") for image in images] == ["stage-timings", "loss-train_cam", "cam-curve", None, None]
     embedded = []
     for image in images:
         prefix, _, data = image["src"].partition(",")
@@ -117,8 +152,6 @@ def test_every_picture_is_an_embedded_png_also_kept_as_a_file(words_run):
 
 
 def test_numbers_and_tables_match_the_run_files(words_run):
-    import json
-
     page = (words_run / "report.html").read_text()
     cam = json.loads((words_run / "eval_cam" / "train.json").read_text())
     pseudo = json.loads((words_run / "eval_labels" / "pseudo_train.json").read_text())
@@ -134,12 +167,27 @@ def test_numbers_and_tables_match_the_run_files(words_run):
     valid = np.concatenate([m[m != 255] for m in masks])
     expected = np.mean(valid == 0) / len(np.unique(valid))
     assert cell(page, "headline-baseline-train") == f"{100 * expected:.1f}"
+    # one per-class table per split, each of one split's images: train (CAMs, pseudo labels) and val (CAMs)
+    val_cam = json.loads((words_run / "eval_cam" / "val.json").read_text())
+    assert cell(page, "headline-cam-val") == f"{100 * val_cam['miou']:.1f}"
+    assert cell(page, "headline-cam-best-val") == f"{100 * val_cam['best_miou']:.1f}"
+    assert re.findall(r'<table class="iou" id="iou-([^"]+)">', page) == ["train", "val"]
+    headings, rows = iou_table(page, "train")
+    assert headings == ["class", "CAM (background score 0.14)", "pseudo labels"]
+    assert list(rows) == [*cam["iou"], "mIoU"]
     for name in ("background", "cat", "mIoU"):
-        row = re.search(rf'<tr id="iou-{name}">(.*?)</tr>', page).group(1)
-        values = re.findall(r'<td class="num"[^>]*>([^<]*)</td>', row)
         cam_value = cam["miou"] if name == "mIoU" else cam["iou"][name]
         pseudo_value = pseudo["miou"] if name == "mIoU" else pseudo["iou"][name]
-        assert values == [f"{100 * v:.1f}" if v is not None else "&ndash;" for v in (cam_value, pseudo_value)]
+        assert rows[name] == [percent(cam_value), percent(pseudo_value)]
+    headings, rows = iou_table(page, "val")
+    assert headings == ["class", "CAM (background score 0.14)"]
+    assert rows == {**{n: [percent(v)] for n, v in val_cam["iou"].items()}, "mIoU": [percent(val_cam["miou"])]}
+    # the reference column of a synthetic run: the README demo's 3-seed means, their spread in the cell's title
+    assert "README demo" in cell(page, "reference-title")
+    for element_id, expected in SYNTH_REFERENCE.items():
+        assert cell(page, f"{element_id}-reference") == expected, element_id
+    assert 'id="headline-cam-reference" class="num reference" title="44.4 ± 1.6: README' in page
+    assert "± 4.7" in cell(page, "reference-note") and "± 6.2" in cell(page, "reference-note")
     stage = re.search(r'<tr id="stage-train_cam">(.*?)</tr>', page).group(1)
     assert ">12.5<" in stage and ">64<" in stage and ">5.1<" in stage
     assert "skipped" in re.search(r'<tr id="stage-data">(.*?)</tr>', page).group(1)
@@ -168,10 +216,81 @@ def test_example_columns_follow_what_the_run_holds(words_run, tmp_path):
     build_report(copy, num_examples=2, num_words=2, patches_per_word=2, word_images=4)
     page = (copy / "report.html").read_text()
     assert cell(page, "headline-seg-train") == "50.0"
-    assert "<th>DeepLab on train</th>" in page
+    assert cell(page, "headline-seg-train-reference") == "&ndash;"  # neither source has DeepLab on train
+    headings, rows = iou_table(page, "train")
+    assert headings[-1] == "DeepLab on train" and rows["cat"][-1] == "25.0" and rows["mIoU"][-1] == "50.0"
+    assert iou_table(page, "val")[0] == ["class", "CAM (background score 0.14)"]
     run = load_run(copy)
     titles, _ = example_cells(voc, ids, example_columns(run, voc, run.segmentation[0].predictions))
     assert [t for t, _ in titles] == ["image", "CAM", "pseudo label", "prediction", "ground truth"]
+
+
+def figure_caption(page: str, element_id: str) -> str:
+    return re.search(rf'<img id="{element_id}"[^>]*><figcaption>([^<]*)</figcaption>', page).group(1)
+
+
+def test_loss_curves_follow_the_metrics_files(words_run, tmp_path):
+    page = (words_run / "report.html").read_text()
+    rows = MetricsLog(RunFolder(words_run).metrics("train_cam")).rows
+    assert loss_terms(rows) == ["loss", "img", "w2i", "word"]
+    caption = figure_caption(page, "loss-train_cam")
+    assert "The 6 reports of metrics/train_cam.csv" in caption and "(img, w2i, word)" in caption
+    assert "CAM mIoU on train at cam.background_score at 2 epoch ends" in caption
+    assert cell(page, "loss-train_seg").startswith("No metrics/train_seg.csv in this run folder")
+    # DeepLab's log (no epoch-end CAM mIoU) draws its figure; the classifier's gone, its figure goes too
+    copy = tmp_path / "run"
+    shutil.copytree(words_run, copy)
+    (copy / "metrics" / "train_cam.csv").unlink()
+    seg_log = MetricsLog(RunFolder(copy).metrics("train_seg"))
+    for step in (4, 8, 12):
+        seg_log.add({"step": step, "epoch": 0, "lr": 0.005, "loss": 3.0 / step, "loss_0": 1.2 / step,
+                     "loss_1": 1.0 / step, "loss_max": 0.8 / step, "images_per_s": 20.0})
+    build_report(copy, num_examples=2, num_words=2, patches_per_word=2, word_images=4)
+    page = (copy / "report.html").read_text()
+    caption = figure_caption(page, "loss-train_seg")
+    assert "The 3 reports of metrics/train_seg.csv" in caption and "(loss_0, loss_1, loss_max)" in caption
+    assert "epoch ends" not in caption
+    assert cell(page, "loss-train_cam").startswith("No metrics/train_cam.csv in this run folder")
+    assert (copy / "report" / "loss_train_seg.png").is_file() and not (copy / "report" / "loss_train_cam.png").exists()
+
+
+def test_reference_column_follows_the_data(words_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(words_run, copy)
+    for name, crf in (("val", False), ("val_crf", True)):
+        write_json(copy / "eval_seg" / f"{name}.json", {"split": "val", "crf": crf, "miou": 0.25,
+                                                         "iou": {"background": 0.5, "cat": 0.0},
+                                                         "predictions": str(copy / "seg" / name)})
+    build_report(copy, num_examples=2, num_words=2, patches_per_word=2, word_images=4)
+    page = (copy / "report.html").read_text()
+    assert cell(page, "headline-seg-val_crf-reference") == "52.2"  # the README demo's DeepLab + CRF on val
+    assert 'id="headline-seg-val_crf-reference" class="num reference" title="52.2 ± 6.2: README' in page
+    assert cell(page, "headline-seg-val-reference") == "&ndash;"  # the demo measured DeepLab with its CRF only
+    assert iou_table(page, "val")[0] == ["class", "CAM (background score 0.14)", "DeepLab on val",
+                                         "DeepLab on val + CRF"]
+    val_cam = json.loads((copy / "eval_cam" / "val.json").read_text())
+    assert iou_table(page, "val")[1]["cat"] == [percent(val_cam["iou"]["cat"]), "0.0", "0.0"]
+    # the same run on VOC data (not there): the paper's numbers of VWE v1, and a report without the data's parts
+    cfg = load_config(copy / "config.yaml", ["synth.enabled=false", f"data.root={tmp_path / 'VOC2012'}"])
+    cfg.dump(copy / "config.yaml")
+    build_report(copy, num_examples=2, num_words=2, patches_per_word=2, word_images=4)
+    page = (copy / "report.html").read_text()
+    assert cell(page, "reference-title") == "reference: paper" and "VWE v1" in cell(page, "reference-note")
+    paper = {"headline-cam": "52.9", "headline-cam-val": "52.0", "headline-pseudo": "67.7",
+             "headline-seg-val": "66.3", "headline-seg-val_crf": "67.2", "headline-cam-best": "&ndash;"}
+    for element_id, expected in paper.items():
+        assert cell(page, f"{element_id}-reference") == expected, element_id
+    assert "headline-baseline" not in page and "The dataset is not readable" in page
+    assert [image.get("id") for image in images_of(page)] == ["stage-timings", "loss-train_cam", "cam-curve"]
+    # the paper's row is model.variant's; numbers the sources lack are "–"
+    run = load_run(copy)
+    for variant, expected in {"baseline": ["48.3", "47.0", None], "vwl-l": ["57.3", "56.9", None],
+                              "vwl-m": ["56.9", "56.4", None]}.items():
+        rows = report_page.headline(dataclasses.replace(run, cfg=run.cfg.with_overrides({"model.variant": variant})),
+                                    {})["rows"]
+        shown = {row["id"]: row["reference"] and row["reference"]["text"] for row in rows}
+        assert [shown["headline-cam"], shown["headline-cam-val"], shown["headline-pseudo"]] == expected, variant
+        assert shown["headline-seg-val_crf"] is None
 
 
 def _mkdir(path: Path) -> Path:
@@ -210,7 +329,7 @@ def test_variant_without_words_gets_a_note_and_the_cli_rebuilds(words_run, tmp_p
     assert cli_main(["report", str(copy), "--examples", "2", "--words", "2"]) == 0
     page = (copy / "report.html").read_text()
     assert "has no visual words" in cell(page, "no-words")
-    assert len(images_of(page)) == 2
+    assert [image.get("id") for image in images_of(page)] == ["stage-timings", "loss-train_cam", "cam-curve", None]
     assert not (copy / "report" / "visual_words.png").exists()  # the stale figure of the words variant is gone
     assert cli_main(["report", str(tmp_path / "not-a-run")]) == 2
 
@@ -222,11 +341,26 @@ def test_headless_chromium_shows_every_picture(words_run, tmp_path):
     done = subprocess.run([sys.executable, str(script), str(words_run), "--screenshot", str(shot)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
+    for line in ("figure stage-timings: an image", "figure loss-train_cam: an image", "figure cam-curve: an image",
+                 "figure loss-train_seg: a note", "reference column: 8 cells shown"):
+        assert f"check_report: {line}" in done.stdout
     with Image.open(shot) as image:
         assert image.size[0] > 600 and len(image.getcolors(1 << 24)) > 1000
-    # the same page with its pictures hidden by CSS: the DOM still holds them, the screenshot does not
+    # the same page with its pictures and its reference column hidden by CSS: the DOM still holds them, the
+    # screenshots do not
     hidden = tmp_path / "report.html"
     page = (words_run / "report.html").read_text()
-    hidden.write_text(page.replace("</style>", "img { visibility: hidden; }</style>"))
+    hidden.write_text(page.replace("</style>", "img { visibility: hidden; } .reference { display: none; }</style>"))
     done = subprocess.run([sys.executable, str(script), str(hidden)], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1 and "image 1 of 3" in done.stderr and "is not shown" in done.stderr
+    assert done.returncode == 1 and "image 1 of 5 (stage-timings)" in done.stderr and "is not shown" in done.stderr
+    assert "the reference column is not shown: 0 of its 8 cells are visible" in done.stderr
+    # a blank figure, and one whose stated size is not its own, fail before Chromium runs
+    loss = next(i for i in images_of(page) if i.get("id") == "loss-train_cam")
+    blank = io.BytesIO()
+    Image.new("RGB", (int(loss["width"]), int(loss["height"])), "white").save(blank, format="PNG")
+    broken = page.replace(loss["src"], "data:image/png;base64," + base64.b64encode(blank.getvalue()).decode())
+    broken = re.sub(r'(<img id="cam-curve" src="[^"]*" width=")(\d+)"', r'\g<1>1"', broken)
+    hidden.write_text(broken)
+    done = subprocess.run([sys.executable, str(script), str(hidden)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "image 2 of 5 (loss-train_cam): blank (one colour)" in done.stderr
+    assert re.search(r"image 3 of 5 \(cam-curve\): \d+ x \d+ px, but the page states 1 x \d+", done.stderr)

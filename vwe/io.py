@@ -13,7 +13,14 @@ from typing import Any
 from vwe import storage
 from vwe.storage import atomic_path
 
-__all__ = ["MetricsLog", "atomic_path", "update_manifest", "write_json", "write_text"]
+__all__ = ["MetricsLog", "atomic_path", "duration", "update_manifest", "write_json", "write_text"]
+
+
+def duration(seconds: float) -> str:
+    """h:mm:ss (or m:ss under an hour), for progress lines."""
+    minutes, seconds = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
 
 
 def write_text(path: str | Path, text: str) -> None:

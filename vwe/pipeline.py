@@ -63,7 +63,8 @@ def run(cfg: Config, force: tuple[str, ...] = (), until: str | None = None) -> d
                 record["images_per_s"] = round(result["images"] / seconds, 2)
             records[stage.name] = record
             write_json(folder.stages, records)
-            log.info("stage %d/%d %s: done in %.1f s", number, len(planned), stage.name, seconds)
+            rate = f", {record['images_per_s']:.1f} images/s" if "images_per_s" in record else ""
+            log.info("stage %d/%d %s: done in %.1f s%s", number, len(planned), stage.name, seconds, rate)
         write_json(folder.stages, records)
     return records
 

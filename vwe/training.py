@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from vwe.checkpoint import rng_state, set_rng_state
+from vwe.io import duration
 from vwe.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -157,12 +158,16 @@ def run(session: Session, model: nn.Module, optimizer: torch.optim.Optimizer, da
         if session.rank == 0:
             log.info("resuming from step %d of %d", step, schedule.last_step)
     resumed_from = step
+    if session.rank == 0:
+        log.info("training steps %d to %d: %d per epoch, global batch %d over %d worker(s)", step, schedule.last_step,
+                 per_epoch, schedule.batch_size, session.world_size)
     wrapped = session.wrap_model(model)
     if compile_model:
         wrapped = torch.compile(wrapped)
     wrapped.train()
 
     meter = _Meter()
+    started = time.perf_counter()
     # a run resumed at its last step trains nothing and still says where it is
     metrics: dict[str, Any] = {"step": step, "epoch": step / per_epoch}
     history: list[dict[str, Any]] = []
@@ -198,9 +203,10 @@ def run(session: Session, model: nn.Module, optimizer: torch.optim.Optimizer, da
                 if session.rank == 0 and on_report is not None:
                     on_report(metrics)
                 if session.rank == 0:
-                    log.info("step %d/%d  epoch %.2f  %s  lr %.6f", step, schedule.last_step, metrics["epoch"],
+                    left = (time.perf_counter() - started) / (step - resumed_from) * (schedule.last_step - step)
+                    log.info("step %d/%d  epoch %.2f  %s  lr %.6f  ETA %s", step, schedule.last_step, metrics["epoch"],
                              "  ".join(f"{k} {v:.4f}" if k != "images_per_s" else f"{v:.1f} img/s"
-                                       for k, v in losses.items()), metrics["lr"])
+                                       for k, v in losses.items()), metrics["lr"], duration(left))
                 checkpoint = None
                 if checkpoint_now and session.rank == 0:
                     checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from vwe.cli import bench, data, report, run, segmentation, stages, tune
 from vwe.errors import user_error
+from vwe.ray.cluster import VERBOSE
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vwe", description="Weakly-supervised semantic segmentation with visual "
                                                              "words, on Ray.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks of errors")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="debug logging, Ray's own output (reports, progress tables) and tracebacks of errors")
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in (run, data, stages, segmentation, tune, report, bench):
         module.register(subparsers)
@@ -23,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.verbose:
+        os.environ[VERBOSE] = "1"  # before Ray starts: its local workers inherit it
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +21,7 @@ import ray.data
 from vwe.config import RayConfig
 from vwe.data.voc import read_image
 from vwe.errors import DataError
-from vwe.io import update_manifest
+from vwe.io import duration, update_manifest
 from vwe.ray.cluster import init_ray
 
 log = logging.getLogger(__name__)
@@ -43,22 +44,18 @@ class Tasks:
 @dataclass
 class Actors:
     """A callable class (the model loaded once in `__init__`) run by a pool of `size` actors, one GPU each when
-    `use_gpu`."""
+    `use_gpu`; size 0 = one per GPU of the cluster (use_gpu), or one on CPU."""
 
     cls: type
     batch_size: int
     kwargs: dict[str, Any] = field(default_factory=dict)
-    size: int = 1
+    size: int = 0
     use_gpu: bool = False
 
-
-def actor_count(requested: int, use_gpu: bool) -> int:
-    """`requested` when > 0, else one per GPU of the cluster (use_gpu) or one on CPU."""
-    if requested > 0:
-        return requested
-    if use_gpu:
-        return max(1, int(ray.cluster_resources().get("GPU", 0)))
-    return 1
+    def pool_size(self) -> int:
+        if self.size > 0:
+            return self.size
+        return max(1, int(ray.cluster_resources().get("GPU", 0))) if self.use_gpu else 1
 
 
 def _dataset(items: list[dict[str, Any]], steps: list[Tasks | Actors], ray_cfg: RayConfig) -> ray.data.Dataset:
@@ -67,9 +64,10 @@ def _dataset(items: list[dict[str, Any]], steps: list[Tasks | Actors], ray_cfg: 
     dataset = ray.data.from_items(items, override_num_blocks=blocks)
     for step in steps:
         if isinstance(step, Actors):
+            pool = ray.data.ActorPoolStrategy(size=step.pool_size())
             dataset = dataset.map_batches(step.cls, fn_constructor_kwargs=step.kwargs, batch_size=step.batch_size,
-                                          batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=step.size),
-                                          num_gpus=1 if step.use_gpu else 0, num_cpus=1)
+                                          batch_format="numpy", compute=pool, num_gpus=1 if step.use_gpu else 0,
+                                          num_cpus=1)
         else:
             placement = {"resources": {step.resource: 0.001}} if step.resource else {}
             dataset = dataset.map_batches(step.fn, fn_kwargs=step.kwargs, batch_size=step.batch_size,
@@ -77,24 +75,60 @@ def _dataset(items: list[dict[str, Any]], steps: list[Tasks | Actors], ray_cfg: 
     return dataset
 
 
-def map_items(items: list[dict[str, Any]], steps: list[Tasks | Actors], ray_cfg: RayConfig) -> list[dict[str, Any]]:
-    """Runs `items` (dicts of plain values) through `steps` in order; returns the last step's rows as plain
-    Python values. Nothing to do starts no Ray."""
+class Progress:
+    """The progress lines of a data stage: its total from the start, then a line at most every `every` seconds
+    with the rate and the time left, and one at the end."""
+
+    def __init__(self, label: str, total: int, already_done: int = 0, every: float = 10.0):
+        self.label, self.total, self.every = label, total, every
+        self.done = 0
+        self.start = self.last = time.perf_counter()
+        log.info("%s: %d images to do%s", label, total, f", {already_done} done already" if already_done else "")
+
+    def update(self, count: int) -> None:
+        self.done += count
+        now = time.perf_counter()
+        if now - self.last >= self.every and self.done < self.total:
+            self.last = now
+            rate = self.done / (now - self.start)
+            log.info("%s: %d/%d images (%d%%), %.1f images/s, %s left", self.label, self.done, self.total,
+                     100 * self.done // self.total, rate, duration((self.total - self.done) / rate))
+
+    def close(self) -> None:
+        seconds = time.perf_counter() - self.start
+        log.info("%s: %d/%d images in %.1f s (%.1f images/s)", self.label, self.done, self.total, seconds,
+                 self.done / seconds if seconds > 0 else 0.0)
+
+
+def map_items(items: list[dict[str, Any]], steps: list[Tasks | Actors], ray_cfg: RayConfig, label: str,
+              already_done: int = 0) -> list[dict[str, Any]]:
+    """Runs `items` (dicts of plain values, one per image) through `steps` in order; returns the last step's rows
+    as plain Python values, logging progress as `label`. Nothing to do starts no Ray."""
     if not items:
+        log.info("%s: nothing to do, %d images done already", label, already_done)
         return []
-    return [_plain(row) for row in _dataset(items, steps, ray_cfg).iter_rows()]
+    progress = Progress(label, len(items), already_done)
+    rows = []
+    for row in _dataset(items, steps, ray_cfg).iter_rows():
+        rows.append(_plain(row))
+        progress.update(1)
+    progress.close()
+    return rows
 
 
-def sum_batches(items: list[dict[str, Any]], step: Tasks, columns: tuple[str, ...],
-                ray_cfg: RayConfig) -> dict[str, np.ndarray]:
+def sum_batches(items: list[dict[str, Any]], step: Tasks, columns: tuple[str, ...], ray_cfg: RayConfig,
+                label: str) -> dict[str, np.ndarray]:
     """Runs `items` through `step`, whose batches return one row of partial sums per column (e.g. a summed
-    confusion matrix and an image count), and adds those rows up here: one small array per batch crosses the
-    network instead of one per image."""
+    confusion matrix) and the batch's image count (`images`), and adds those rows up here: one small array per
+    batch crosses the network instead of one per image. Progress is logged as `label`."""
+    progress = Progress(label, len(items))
     totals: dict[str, np.ndarray] = {}
     for batch in _dataset(items, [step], ray_cfg).iter_batches(batch_size=None, batch_format="numpy"):
-        for column in columns:
+        for column in (*columns, "images"):
             part = batch[column].sum(axis=0)
             totals[column] = part if column not in totals else totals[column] + part
+        progress.update(int(batch["images"].sum()))
+    progress.close()
     return totals
 
 

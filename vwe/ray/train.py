@@ -19,7 +19,7 @@ from typing import Any
 
 import ray.train
 import torch
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer, get_device, prepare_model
 from torch import nn
 
@@ -28,7 +28,7 @@ from vwe.checkpoint import load_state, save_state
 from vwe.config import Config
 from vwe.errors import ConfigError, DataError, VweError
 from vwe.io import write_json
-from vwe.ray.cluster import init_ray, quiet_worker
+from vwe.ray.cluster import init_ray, quiet_worker, verbose
 from vwe.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,8 @@ class RaySession:
 
 def _worker(loop_config: dict[str, Any]) -> dict[str, Any]:
     cfg: Config = loop_config["cfg"]
-    quiet_worker(cfg.ray.cpus_per_worker)
+    rank = ray.train.get_context().get_world_rank()
+    quiet_worker(cfg.ray.cpus_per_worker, cfg.out_dir, f"{loop_config['name']}-rank{rank}")
     recorded = storage.join(loop_config["run_dir"], USER_ERROR)
     if storage.is_file(recorded):
         return {"user_error": json.loads(storage.read_text(recorded))}
@@ -107,19 +108,23 @@ def fit(cfg: Config, name: str, loop: Loop, *, num_workers: int = 0, resume: boo
         raise ConfigError(f"--resume: no checkpoint to resume in {run_dir}")
     storage.delete(storage.join(run_dir, USER_ERROR))  # an error of an earlier command, since fixed
     init_ray(cfg.ray)
+    log.info("%s: starting %d Ray Train worker(s)", name, num_workers or cfg.ray.num_workers)
     resources = {"CPU": cfg.ray.cpus_per_worker}
     if cfg.ray.use_gpu:
         resources["GPU"] = 1
     trainer = TorchTrainer(
         _worker,
-        train_loop_config={"cfg": cfg, "loop": loop, "run_dir": str(run_dir), "fault": fault},
+        train_loop_config={"cfg": cfg, "loop": loop, "name": name, "run_dir": str(run_dir), "fault": fault},
         torch_config=TorchConfig(backend="nccl" if cfg.ray.use_gpu else "gloo"),
         scaling_config=ScalingConfig(num_workers=num_workers or cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
                                      resources_per_worker=resources,
                                      placement_strategy=cfg.ray.placement_strategy),
         run_config=RunConfig(name=name, storage_path=str(RunFolder.of(cfg).train_runs),
                              failure_config=FailureConfig(max_failures=cfg.ray.max_failures),
-                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks),
+                             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=callbacks,
+                             # Ray Train's own INFO lines (a dict per report, a banner per checkpoint) stay in its
+                             # log files unless -v; warnings and vwe's step lines still reach the console
+                             logging_config=LoggingConfig(log_level="INFO" if verbose() else "WARNING")),
     )
     try:
         result = trainer.fit().return_value

@@ -2,12 +2,15 @@
 scripts, no external resources) that opens from disk; its PNGs are also kept in `<out_dir>/report/`. The run folder
 may be a local or NFS path or an object-store URI (`vwe.storage`).
 
-Sections: headline scores beside the all-background baseline, the config, stage timings, the CAM
-background-threshold curve, per-class IoU, examples (image | CAM | pseudo label | prediction | ground truth) and the
-codebook drawn as the image patches most similar to each visual word (the paper's codebook figure). Every part of a
-run is optional: a section whose inputs are not there says so. Sampling is seeded, so a rebuild shows the same images.
+Sections: headline scores beside the all-background baseline and a reference (the paper's numbers on VOC, the
+README's measured demo on the synthetic benchmark), the config, stage timings (a table and a bar chart), the loss
+curves of the classifier and of DeepLab, the CAM background-threshold curves of train and val, per-class IoU (one
+table per split), examples (image | CAM | pseudo label | prediction | ground truth) and the codebook drawn as the
+image patches most similar to each visual word (the paper's codebook figure). Every part of a run is optional: a
+section whose inputs are not there says so. Sampling is seeded, so a rebuild shows the same images.
 
-`reading` reads the run folder, `figures` draws the pictures, `page` turns both into the page (`page.html.j2`).
+`reading` reads the run folder, `reference` holds the reference numbers, `figures` draws the pictures and `plots`
+the charts, `page` turns them into the page (`page.html.j2`).
 """
 from __future__ import annotations
 
@@ -53,8 +56,9 @@ def build_report(out_dir: str | Path, num_examples: int = 6, num_words: int = 16
         voc, data_note = None, f"The dataset is not readable, so no pictures and no baselines: {err}"
     scores = baselines(run, voc) if voc is not None else {}
     written: list[str | Path] = []
-    sections = {"headline": page.headline(run, scores), "config": page.config(run), "stages": page.stages(run),
-                "curve": page.curve(run, scores.get(run.cfg.data.cam_split), written), "iou": page.iou(run)}
+    sections = {"headline": page.headline(run, scores), "config": page.config(run),
+                "stages": page.stages(run, written), "losses": page.losses(run, written),
+                "curve": page.curve(run, scores, written), "iou": page.iou(run)}
     if voc is None:
         sections |= {"examples": page.note(data_note), "words": page.note(data_note)}
     else:

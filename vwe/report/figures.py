@@ -1,5 +1,5 @@
-"""The report's pictures: label maps and CAMs as RGB, the example grid, the CAM threshold curve and the codebook
-drawn as the image patches most similar to each visual word (the paper's codebook figure), saved as PNGs."""
+"""The report's pictures: label maps and CAMs as RGB, the example grid and the codebook drawn as the image patches
+most similar to each visual word (the paper's codebook figure), saved as PNGs (the charts are in `plots`)."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -189,31 +189,7 @@ def save_mosaic(path: str | Path, cells: list[list[np.ndarray | None]], row_titl
         text(top + r * (ch + _GAP) + ch / 2, 6, title, ha="left")
     for y, x in missing:
         text(y, x, "missing", ha="center", color="#777")
-    _save_figure(fig, path)
-
-
-def plot_cam_curve(summary: dict[str, Any], path: str | Path, baseline: float | None) -> None:
-    """CAM mIoU against the background score (an eval-cam sweep), with the configured score, the sweep's
-    (optimistic) best point and the all-background baseline."""
-    thresholds = np.asarray(summary["sweep"]["thresholds"], dtype=float)
-    miou = 100 * np.asarray(summary["sweep"]["miou"], dtype=float)
-    configured = summary["background_score"]
-    fig = Figure(figsize=(7.5, 3.8), dpi=100)
-    ax = fig.add_subplot()
-    ax.plot(thresholds, miou, marker=".", color="tab:blue", label="CAM mIoU")
-    best_t, best = summary["best_threshold"], 100 * summary["best_miou"]
-    ax.plot([best_t], [best], "o", color="tab:red", label=f"best (optimistic): {best:.1f} at {best_t:.2f}")
-    ax.axvline(configured, ls="--", color="grey",
-               label=f"cam.background_score = {configured:.2f}: {100 * summary['miou']:.1f}")
-    if baseline is not None:
-        ax.axhline(100 * baseline, ls=":", color="black", label=f"all background: {100 * baseline:.1f}")
-    ax.set_xlabel("background score")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title(f"CAM mIoU on {summary['split']} by background score", fontsize=11)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
 def _fit(picture: np.ndarray, cell: tuple[int, int], nearest: bool) -> np.ndarray:
@@ -235,6 +211,6 @@ def _crop(image: np.ndarray, row: int, col: int, stride: int, size: int) -> np.n
     return image[y0:y0 + h, x0:x0 + w]
 
 
-def _save_figure(fig: Figure, path: str | Path) -> None:
+def save_figure(fig: Figure, path: str | Path) -> None:
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=fig.dpi, facecolor="white")

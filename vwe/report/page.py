@@ -19,17 +19,10 @@ from PIL import Image
 from vwe import storage
 from vwe.data.voc import IGNORE, VOCDataset, read_image, read_mask
 from vwe.models.classifier import get_variant
-from vwe.report.figures import (
-    CELL,
-    PALETTE,
-    PATCH_PX,
-    example_cells,
-    example_columns,
-    plot_cam_curve,
-    save_mosaic,
-    visual_word_patches,
-)
-from vwe.report.reading import Run, cam_eval_file, or_default, sample_ids
+from vwe.report.figures import CELL, PALETTE, PATCH_PX, example_cells, example_columns, save_mosaic, visual_word_patches
+from vwe.report.plots import loss_terms, plot_cam_curves, plot_losses, plot_stage_seconds
+from vwe.report.reading import TRAINED, Run, cam_eval_file, or_default, sample_ids
+from vwe.report.reference import Key, Reference, references
 from vwe.evaluation import CLASS_NAMES
 
 Section = dict[str, Any]
@@ -38,8 +31,8 @@ _TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("vwe", "report"), au
 
 
 def render(run: Run, sections: dict[str, Section]) -> str:
-    """The whole page; `sections` are those the template names (headline, config, stages, curve, iou, examples,
-    words)."""
+    """The whole page; `sections` are those the template names (headline, config, stages, losses, curve, iou,
+    examples, words)."""
     return _TEMPLATES.get_template("page.html.j2").render(
         title=f"vwe run report: {storage.name(run.folder.root)}", out_dir=str(run.folder.root),
         built=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
@@ -53,25 +46,30 @@ def note(text: str, element_id: str = "") -> Section:
 
 def headline(run: Run, baselines: dict[str, float | None]) -> Section:
     cfg = run.cfg
-    rows = []
-    if run.cam_eval:
-        ev = run.cam_eval
-        rows.append(("headline-cam", f"CAM mIoU on {cfg.data.cam_split} at cam.background_score = "
-                                     f"{ev['background_score']:.2f}", ev["miou"]))
-        rows.append(("headline-cam-best", f"CAM mIoU on {cfg.data.cam_split}, the sweep's best background score "
-                                          f"({ev['best_threshold']:.2f}; optimistic: chosen on this split)",
-                     ev["best_miou"]))
+    refs = references(cfg)
+    rows: list[tuple[str, str, float | None, Key | None]] = []  # (id, label, value, key of its reference)
+    for split, ev in run.cam_evals.items():
+        suffix = "" if split == cfg.data.cam_split else f"-{split}"  # data.cam_split's rows keep their first ids
+        rows.append((f"headline-cam{suffix}", f"CAM mIoU on {split} at cam.background_score = "
+                                              f"{ev['background_score']:.2f}", ev["miou"], ("cam", split)))
+        rows.append((f"headline-cam-best{suffix}", f"CAM mIoU on {split}, the sweep's best background score "
+                                                   f"({ev['best_threshold']:.2f}; optimistic: chosen on this split)",
+                     ev["best_miou"], None))
     if run.pseudo_eval:
         rows.append(("headline-pseudo", f"pseudo-label mIoU on {cfg.data.cam_split} (unsure pixels as background)",
-                     run.pseudo_eval["miou"]))
+                     run.pseudo_eval["miou"], ("pseudo", cfg.data.cam_split)))
     for seg in run.segmentation:
-        rows.append((f"headline-seg-{seg.name}", f"final mIoU, {seg.label}", seg.scores["miou"]))
+        rows.append((f"headline-seg-{seg.name}", f"final mIoU, {seg.label}", seg.scores["miou"],
+                     ("deeplab_crf" if seg.scores["crf"] else "deeplab", seg.split)))
     for split, value in baselines.items():
-        rows.append((f"headline-baseline-{split}", f"baseline: all background on {split}", value))
+        rows.append((f"headline-baseline-{split}", f"baseline: all background on {split}", value, None))
     model = cfg.model
     return {"model": {"variant": model.variant, "backbone": model.backbone, "data": cfg.data.root,
                       "words": model.num_words if get_variant(model.variant).codebook else None},
-            "rows": [{"id": key, "label": label, "value": _percent(value)} for key, label, value in rows]}
+            "reference": {"title": refs.title, "note": refs.note},
+            "rows": [{"id": key, "label": label, "value": _percent(value),
+                      "reference": _reference(refs.values.get(ref) if ref else None)}
+                     for key, label, value, ref in rows]}
 
 
 def config(run: Run) -> Section:
@@ -79,49 +77,95 @@ def config(run: Run) -> Section:
             "text": run.config_text}
 
 
-def stages(run: Run) -> Section:
+def stages(run: Run, written: list[str | Path]) -> Section:
     if not run.stages:
-        return note(f"No {storage.name(run.folder.stages)} in this run folder.")
-    rows, total = [], 0.0
+        return note(f"No {storage.name(run.folder.stages)} in this run folder.", "stage-timings")
+    rows, total, timed = [], 0.0, []
     for name, record in run.stages.items():
         result = record.get("result") or {}
         seconds = record.get("seconds")
         skipped = bool(record.get("skipped"))
-        if seconds is not None and not skipped:
-            total += seconds
+        if seconds is not None:
+            timed.append((name, seconds, skipped))
+            total += 0.0 if skipped else seconds
         rows.append({"name": name, "state": "skipped (outputs complete)" if skipped else "ran",
                      "seconds": _number(seconds, 1), "images": _number(result.get("images"), 0),
                      "rate": _number(record.get("images_per_s"), 1)})
-    return {"note": None, "rows": rows, "total": f"{total:.1f}"}
+    chart = note("No stage recorded its time.", "stage-timings")
+    if timed:
+        path = storage.join(run.folder.report_pictures, "stage_timings.png")
+        plot_stage_seconds(timed, path)
+        written.append(path)
+        chart = _figure(path, "seconds per stage", "Grey: skipped, with the time of the run that made its outputs.",
+                        "stage-timings")
+    return {"note": None, "rows": rows, "total": f"{total:.1f}", "chart": chart}
 
 
-def curve(run: Run, baseline: float | None, written: list[str | Path]) -> Section:
-    if not run.cam_eval:
+def losses(run: Run, written: list[str | Path]) -> Section:
+    """A loss-curve figure per trained network, from its stage's metrics CSV; a note where there is none."""
+    parts = []
+    for stage, network in TRAINED.items():
+        element_id = f"loss-{stage}"
+        csv_name = _relative(run.folder.metrics(stage), run.folder.root)
+        rows = run.metrics.get(stage)
+        if not rows:
+            why = (f"{csv_name} holds no reports yet." if stage in run.metrics else
+                   f"No {csv_name} in this run folder: the stage has not run yet, or it ran before training stages "
+                   "kept their metrics.")
+            parts.append({"title": f"{network} ({stage})", **note(why, element_id)})
+            continue
+        path = storage.join(run.folder.report_pictures, f"loss_{stage}.png")
         split = run.cfg.data.cam_split
-        return note(f"No CAM evaluation yet ({_relative(cam_eval_file(run.folder, split), run.folder.root)}).")
+        plot_losses(rows, path, f"{network} training ({stage})", split)
+        written.append(path)
+        epoch_ends = sum(1 for row in rows if row.get("cam_miou") is not None)
+        caption = (f"The {len(rows)} reports of {csv_name}: the total loss (black) and its terms "
+                   f"({', '.join(loss_terms(rows)[1:]) or 'none logged'}) against the training step")
+        caption += (f"; red squares, right axis: the CAM mIoU on {split} at cam.background_score at "
+                    f"{epoch_ends} epoch ends (the first train.eval_images images)." if epoch_ends else ".")
+        parts.append({"title": f"{network} ({stage})", **_figure(path, f"{network} loss curves", caption,
+                                                                 element_id)})
+    return {"parts": parts}
+
+
+def curve(run: Run, baselines: dict[str, float | None], written: list[str | Path]) -> Section:
+    cfg = run.cfg
+    if not run.cam_evals:
+        missing = _relative(cam_eval_file(run.folder, cfg.data.cam_split), run.folder.root)
+        return note(f"No CAM evaluation yet ({missing}).", "cam-curve")
     path = storage.join(run.folder.report_pictures, "cam_threshold_curve.png")
-    plot_cam_curve({"split": run.cfg.data.cam_split, **run.cam_eval}, path, baseline)
+    plot_cam_curves(run.cam_evals, path, baselines)
     written.append(path)
+    missing = [s for s in dict.fromkeys([cfg.data.cam_split, cfg.data.eval_split]) if s not in run.cam_evals]
     return _figure(path, "CAM mIoU by background score",
                    "A pixel is labelled with its best class when that class's normalised CAM exceeds the background "
-                   "score, else background. The protocol's number is at the configured score; the sweep's best is "
-                   "optimistic, being chosen on the evaluated split.")
+                   "score, else background. The protocol's number is at the configured score (diamonds); the "
+                   "sweep's best (rings) is optimistic, being chosen on the evaluated split."
+                   + (f" No CAM evaluation of {', '.join(missing)} yet." if missing else ""), "cam-curve")
 
 
 def iou(run: Run) -> Section:
-    columns = []
-    if run.cam_eval:
-        columns.append((f"CAM (background score {run.cam_eval['background_score']:.2f})", run.cam_eval["iou"],
-                        run.cam_eval["miou"]))
-    if run.pseudo_eval:
-        columns.append(("pseudo labels", run.pseudo_eval["iou"], run.pseudo_eval["miou"]))
-    for seg in run.segmentation:
-        columns.append((seg.label, seg.scores["iou"], seg.scores["miou"]))
-    names = list(dict.fromkeys(name for _, per_class, _ in columns for name in per_class))
-    return {"split": run.cfg.data.cam_split, "columns": [title for title, _, _ in columns],
-            "rows": [{"name": name, "cells": [_bar(per_class.get(name)) for _, per_class, _ in columns]}
-                     for name in names],
-            "miou": [_bar(miou) for _, _, miou in columns]}
+    """One table per split, so that a table compares scores of the same images: CAMs at the fixed background
+    score, the pseudo labels (data.cam_split) and DeepLab's predictions of that split."""
+    tables = []
+    for split in run.splits:
+        columns = []
+        ev = run.cam_evals.get(split)
+        if ev:
+            columns.append((f"CAM (background score {ev['background_score']:.2f})", ev["iou"], ev["miou"]))
+        if run.pseudo_eval and split == run.cfg.data.cam_split:
+            columns.append(("pseudo labels", run.pseudo_eval["iou"], run.pseudo_eval["miou"]))
+        for seg in run.segmentation:
+            if seg.split == split:
+                columns.append((seg.label, seg.scores["iou"], seg.scores["miou"]))
+        if not columns:
+            continue
+        names = list(dict.fromkeys(name for _, per_class, _ in columns for name in per_class))
+        tables.append({"split": split, "columns": [title for title, _, _ in columns],
+                       "rows": [{"name": name, "cells": [_bar(per_class.get(name)) for _, per_class, _ in columns]}
+                                for name in names],
+                       "miou": [_bar(miou) for _, _, miou in columns]})
+    return {"tables": tables}
 
 
 def examples(run: Run, voc: VOCDataset, num_examples: int, written: list[str | Path]) -> Section:
@@ -198,12 +242,21 @@ def words(run: Run, voc: VOCDataset, num_words: int, patches_per_word: int, word
            else "")))
 
 
-def _figure(path: str | Path, alt: str, caption: str) -> Section:
+def _figure(path: str | Path, alt: str, caption: str, element_id: str = "") -> Section:
     data = storage.read_bytes(path)
     with Image.open(io.BytesIO(data)) as image:
         width, height = image.size
     return {"note": None, "figure": {"src": f"data:image/png;base64,{base64.b64encode(data).decode('ascii')}",
-                                     "width": width, "height": height, "alt": alt, "caption": caption}}
+                                     "width": width, "height": height, "alt": alt, "caption": caption,
+                                     "id": element_id}}
+
+
+def _reference(ref: Reference | None) -> dict[str, str] | None:
+    """A reference cell: its number, and in its title the spread over seeds and the source."""
+    if ref is None:
+        return None
+    spread = f" ± {ref.spread:.1f}" if ref.spread is not None else ""
+    return {"text": f"{ref.value:.1f}", "title": f"{ref.value:.1f}{spread}: {ref.source}"}
 
 
 def _swatch(index: int, name: str) -> dict[str, str]:

@@ -14,11 +14,14 @@ from vwe import storage
 from vwe.config import Config
 from vwe.data.voc import VOCDataset, read_mask
 from vwe.errors import DataError
+from vwe.io import MetricsLog
 from vwe.metrics import ConfusionMatrix
 from vwe.run_folder import RunFolder
 
 SEED = 0
 T = TypeVar("T")
+# the training stages (vwe.stages.train_cam / train_seg NAME) and the network each trains
+TRAINED = {"train_cam": "classifier", "train_seg": "DeepLab"}
 
 
 @dataclass
@@ -43,9 +46,17 @@ class Run:
     cfg: Config
     config_text: str
     stages: dict[str, Any]
-    cam_eval: dict[str, Any] | None
+    cam_evals: dict[str, dict[str, Any]]  # split -> its CAM sweep (eval-cam), data.cam_split first
     pseudo_eval: dict[str, Any] | None
     segmentation: list[SegmentationResult]
+    metrics: dict[str, list[dict[str, Any]]]  # training stage -> its metrics CSV's rows, for those that have one
+
+    @property
+    def splits(self) -> list[str]:
+        """The splits the report shows scores of: data.cam_split, data.eval_split, then any other with scores."""
+        cfg = self.cfg
+        return list(dict.fromkeys([cfg.data.cam_split, cfg.data.eval_split, *self.cam_evals,
+                                   *(s.split for s in self.segmentation)]))
 
 
 def load_run(out_dir: str | Path) -> Run:
@@ -61,8 +72,12 @@ def load_run(out_dir: str | Path) -> Run:
     cfg = Config.from_dict(yaml.safe_load(config_text), source=str(folder.config))
     cfg = cfg.with_overrides({"out_dir": str(out_dir)}).resolved()
     split = cfg.data.cam_split
-    return Run(folder, cfg, config_text, _read_json(folder.stages) or {}, _read_json(cam_eval_file(folder, split)),
-               _read_json(storage.join(folder.pseudo_label_scores, f"pseudo_{split}.json")), _segmentation(folder))
+    cam_evals = {s: _read_json(cam_eval_file(folder, s)) for s in dict.fromkeys([split, cfg.data.eval_split])}
+    metrics = {stage: _read_metrics(folder.metrics(stage)) for stage in TRAINED}
+    return Run(folder, cfg, config_text, _read_json(folder.stages) or {},
+               {s: scores for s, scores in cam_evals.items() if scores is not None},
+               _read_json(storage.join(folder.pseudo_label_scores, f"pseudo_{split}.json")), _segmentation(folder),
+               {stage: rows for stage, rows in metrics.items() if rows is not None})
 
 
 def cam_eval_file(folder: RunFolder, split: str) -> str | Path:
@@ -95,9 +110,9 @@ def all_background_miou(voc: VOCDataset, ids: Iterable[str], num_classes: int = 
 
 
 def baselines(run: Run, voc: VOCDataset) -> dict[str, float | None]:
-    """The all-background mIoU of the CAM split and of each split DeepLab was scored on."""
+    """The all-background mIoU of the CAM split and of each split with CAM or DeepLab scores."""
     num_classes = run.cfg.data.num_classes + 1
-    splits = dict.fromkeys([run.cfg.data.cam_split, *(s.split for s in run.segmentation)])
+    splits = dict.fromkeys([run.cfg.data.cam_split, *run.cam_evals, *(s.split for s in run.segmentation)])
 
     def baseline(split: str) -> float | None:
         return or_default(lambda: all_background_miou(voc, voc.split_ids(split), num_classes), None)
@@ -119,6 +134,15 @@ def or_default(compute: Callable[[], T], default: T) -> T:
         return compute()
     except DataError:
         return default
+
+
+def _read_metrics(path: str | Path) -> list[dict[str, Any]] | None:
+    if not storage.is_file(path):
+        return None
+    try:
+        return MetricsLog(path).rows
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: not readable as a metrics CSV ({err})") from err
 
 
 def _read_json(path: str | Path) -> Any:

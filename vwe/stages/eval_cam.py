@@ -52,7 +52,7 @@ def evaluate_cams(cfg: Config, split: str | None = None) -> dict[str, Any]:
     thresholds = [cfg.cam.background_score, *cfg.cam.sweep]
     totals = sum_batches(items, Tasks(sweep_batch, 8, {"thresholds": thresholds,
                                                        "num_classes": cfg.data.num_classes}),
-                         ("confusions", "images"), cfg.ray)
+                         ("confusions",), cfg.ray, f"eval-cam {split}")
     summary = {"split": split, "images": int(totals["images"]),
                **cam_scores(totals["confusions"], cfg.cam.background_score, list(cfg.cam.sweep))}
     files = write_report(run.cam_scores, split, summary)
@@ -67,8 +67,10 @@ def run(cfg: Config) -> dict[str, Any]:
     results = {}
     for split in splits(cfg):
         summary = evaluate_cams(cfg, split)
-        log.info("CAM mIoU on %s per class, at background score %.2f and at the sweep's best:\n%s", split,
-                 summary["background_score"], format_table(summary))
+        log.info("CAM mIoU on %s: %.1f at background score %.2f (the sweep's best, optimistic: %.1f at %.2f)", split,
+                 100 * summary["miou"], summary["background_score"], 100 * summary["best_miou"],
+                 summary["best_threshold"])
+        log.debug("per class:\n%s", format_table(summary))
         results[split] = {k: summary[k] for k in ("images", "background_score", "miou", "best_threshold",
                                                   "best_miou")}
     return results

@@ -26,7 +26,7 @@ def score_labels(cfg: Config, split: str, label_dir: str | Path, hint: str,
     items = eval_items(cfg.data.root, split, label_dir, hint)
     totals = sum_batches(items, Tasks(batch_confusion, 8, {"num_classes": num_classes,
                                                            "unsure_as_background": unsure_as_background}),
-                         ("confusion", "images"), cfg.ray)
+                         ("confusion",), cfg.ray, f"score {storage.name(label_dir)} on {split}")
     return {"split": split, "images": int(totals["images"]), **summarize(totals["confusion"])}
 
 

@@ -26,7 +26,7 @@ from vwe.data.datasets import deeplab_input
 from vwe.data.voc import image_size, label_is_complete, write_mask
 from vwe.models.deeplab import caffe_input, max_fusion, pyramid_logits
 from vwe.ray.cluster import quiet_worker
-from vwe.ray.data import Actors, Tasks, actor_count, finish_manifest, map_items, objects, read_images, writable
+from vwe.ray.data import Actors, Tasks, finish_manifest, map_items, objects, read_images, writable
 from vwe.run_folder import RunFolder
 from vwe.stages.stage import Stage, split_items
 from vwe.stages.train_seg import load_trained_deeplab
@@ -67,7 +67,7 @@ class SegPredictor:
     """Loads the trained DeepLab once; each call gives the fused logits of a batch of decoded images."""
 
     def __init__(self, cfg: Config):
-        quiet_worker(cfg.ray.cpus_per_worker)
+        quiet_worker(cfg.ray.cpus_per_worker, cfg.out_dir, "infer_seg")
         self.cfg = cfg
         self.device = torch.device("cuda" if cfg.ray.use_gpu else "cpu")
         self.model, trained = load_trained_deeplab(RunFolder.of(cfg).deeplab, self.device)
@@ -111,20 +111,17 @@ def predict_split(cfg: Config, split: str | None = None, crf: bool | None = None
     crf = cfg.seg.crf.enabled if crf is None else crf
     todo, done = split_items(cfg, split, lambda item: label_is_complete(run.prediction(split, crf, item["id"]),
                                                                         image_size(item["path"])))
-    log.info("infer-seg on %s%s: %d to do, %d already done", split, " with CRF" if crf else "", len(todo), len(done))
-    rows = []
     if todo:
         read_export(run.deeplab, "train-seg")  # a missing or truncated model.pth is named here, not in an actor
-        batch = cfg.seg.infer_batch_size
-        items = [{"id": item["id"], "path": item["path"]} for item in todo]
-        # the CRF takes seconds per image: one image per task spreads it over every core of the cluster (on the CPU
-        # nodes when ray.crf_resource marks them, as for make-pseudo)
-        rows = map_items(items, [
-            Tasks(read_images, batch),
-            Actors(SegPredictor, batch, {"cfg": cfg}, actor_count(cfg.seg.num_actors, cfg.ray.use_gpu),
-                   cfg.ray.use_gpu),
-            Tasks(write_labels, 1 if crf else batch, {"cfg": cfg, "split": split, "crf": crf},
-                  cfg.ray.crf_resource if crf else "")], cfg.ray)
+    batch = cfg.seg.infer_batch_size
+    items = [{"id": item["id"], "path": item["path"]} for item in todo]
+    # the CRF takes seconds per image: one image per task spreads it over every core of the cluster (on the CPU
+    # nodes when ray.crf_resource marks them, as for make-pseudo)
+    rows = map_items(items, [
+        Tasks(read_images, batch),
+        Actors(SegPredictor, batch, {"cfg": cfg}, cfg.seg.num_actors, cfg.ray.use_gpu),
+        Tasks(write_labels, 1 if crf else batch, {"cfg": cfg, "split": split, "crf": crf},
+              cfg.ray.crf_resource if crf else "")], cfg.ray, f"infer-seg {split}{' + CRF' if crf else ''}", len(done))
     predictions = run.predictions(split, crf)
     summary = finish_manifest("infer-seg", rows, len(done), run.manifest(predictions), cfg.data.skip_bad)
     return {"split": split, "crf": crf, "predictions": str(predictions), **summary}

@@ -20,7 +20,7 @@ from vwe.checkpoint import read_export
 from vwe.config import Config
 from vwe.data.voc import image_size
 from vwe.ray.cluster import quiet_worker
-from vwe.ray.data import Actors, Tasks, actor_count, finish_manifest, map_items, read_images
+from vwe.ray.data import Actors, Tasks, finish_manifest, map_items, read_images
 from vwe.run_folder import RunFolder
 from vwe.stages.stage import Stage, split_items
 from vwe.stages.train_cam import load_trained_classifier
@@ -32,7 +32,7 @@ class CamPredictor:
     """Loads the trained classifier once; each call computes, saves and summarises the CAMs of a batch."""
 
     def __init__(self, cfg: Config):
-        quiet_worker(cfg.ray.cpus_per_worker)
+        quiet_worker(cfg.ray.cpus_per_worker, cfg.out_dir, "make_cam")
         self.cfg, self.run = cfg, RunFolder.of(cfg)
         self.device = torch.device("cuda" if cfg.ray.use_gpu else "cpu")
         self.model, _ = load_trained_classifier(self.run.classifier_at(cfg.cam.classifier_epoch), self.device)
@@ -69,16 +69,13 @@ def make_cams(cfg: Config, split: str | None = None) -> dict[str, Any]:
     run = RunFolder.of(cfg)
     split = split or cfg.data.cam_split
     todo, done = split_items(cfg, split, lambda item: cam_done(run, item))
-    log.info("make-cam on %s: %d to do, %d already done", split, len(todo), len(done))
-    rows = []
     if todo:
         # a missing or truncated model.pth is named here, not in an actor
         read_export(run.classifier_at(cfg.cam.classifier_epoch), "train-cam")
-        batch = cfg.cam.batch_size
-        rows = map_items(todo, [Tasks(read_images, batch),
-                                Actors(CamPredictor, batch, {"cfg": cfg}, actor_count(cfg.cam.num_actors,
-                                                                                       cfg.ray.use_gpu),
-                                       cfg.ray.use_gpu)], cfg.ray)
+    batch = cfg.cam.batch_size
+    rows = map_items(todo, [Tasks(read_images, batch),
+                            Actors(CamPredictor, batch, {"cfg": cfg}, cfg.cam.num_actors, cfg.ray.use_gpu)],
+                     cfg.ray, f"make-cam {split}", len(done))
     return {"split": split, **finish_manifest("make-cam", rows, len(done), run.manifest(run.cams), cfg.data.skip_bad)}
 
 

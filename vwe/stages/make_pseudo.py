@@ -77,10 +77,10 @@ def make_pseudo_labels(cfg: Config, split: str | None = None) -> dict[str, Any]:
     if no_cam:
         raise DataError(f"make-pseudo: {len(no_cam)} image(s) have no CAM file in {run.cams}, e.g. {no_cam[0]}: "
                         f"run `vwe make-cam --split {split}` first")
-    log.info("make-pseudo on %s (%s): %d to do, %d already done", split, cfg.pseudo.method, len(todo), len(done))
     # one image per task and one core each: the CRF is single-threaded, so this scales with the cluster's CPUs
     items = [{"id": item["id"], "path": item["path"]} for item in todo]
-    rows = map_items(items, [Tasks(label_batch, 1, {"cfg": cfg}, cfg.ray.crf_resource)], cfg.ray)
+    rows = map_items(items, [Tasks(label_batch, 1, {"cfg": cfg}, cfg.ray.crf_resource)], cfg.ray,
+                     f"make-pseudo {split} ({cfg.pseudo.method})", len(done))
     manifest = run.manifest(run.pseudo_labels)
     return {"split": split, **finish_manifest("make-pseudo", rows, len(done), manifest, cfg.data.skip_bad)}
 
