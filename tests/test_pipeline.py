@@ -104,3 +104,16 @@ def test_a_changed_config_field_reruns_its_stage_and_the_later_ones(run_dir, cap
     # the same config again: nothing is stale any more
     assert main(["run", "--config", "tiny", "--out", str(run_dir), "--set", "cam.scales=[1.0]"]) == 0
     assert not any(stage_runs(run_dir).values())
+
+
+def test_a_stage_that_ran_makes_the_later_ones_stale_in_the_next_command_too(run_dir):
+    """make_cam forced alone (say the command was stopped right after it): the next full run redoes what follows,
+    though those outputs look complete."""
+    assert main(["run", "--config", "tiny", "--out", str(run_dir), "--force", "make_cam", "--until", "make_cam"]) == 0
+    assert main(["run", "--config", "tiny", "--out", str(run_dir)]) == 0
+    ran = stage_runs(run_dir)
+    assert [s for s in STAGES if ran[s]] == STAGES[STAGES.index("eval_cam"):]
+    records = json.loads((run_dir / "stages.json").read_text())
+    assert all(records[s]["complete"] for s in STAGES)
+    made = [records[s]["made"] for s in STAGES]
+    assert made == sorted(made) and len(set(made)) == len(made)  # each stage ran after the ones before it
