@@ -160,7 +160,7 @@ def test_unreadable_image_is_reported_by_id_and_file(ray_local, trained) -> None
     good = VOCDataset(root).split_ids("val")[:2]
     (root / "JPEGImages" / "2101_999999.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (root / "ImageSets" / "Segmentation" / "with_bad.txt").write_text("\n".join([*good, "2101_999999"]) + "\n")
-    # the failing run without data.skip_bad is `vwe.ray.data._finish`, shared with make-cam and tested there
+    # the failing run without data.skip_bad is `vwe.ray.data.finish_manifest`, shared with make-cam and tested there
     summary = predict_split(cfg.with_overrides({"data.skip_bad": True}), "with_bad")
     assert (summary["bad"], summary["processed"]) == (1, 2)
     assert all(RunFolder(cfg.out_dir).prediction("with_bad", False, i).is_file() for i in good)

@@ -1,4 +1,4 @@
-"""The shared training loop (vwe.stages.training.run) in this process, on a toy regression."""
+"""The shared training loop (vwe.training.run) in this process, on a toy regression."""
 from __future__ import annotations
 
 from pathlib import Path

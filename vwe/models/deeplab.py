@@ -80,7 +80,7 @@ class DeepLabV2(nn.Module):
     def param_groups(self, weight_decay: float, aspp_weight_lr_mult: float = 10.0,
                      aspp_bias_lr_mult: float = 20.0) -> list[dict[str, Any]]:
         """SGD groups: backbone convs (lr x1), ASPP weights (x10), ASPP biases (x20, no weight decay); each group
-        carries its `lr_mult` for `vwe.stages.training.set_lr`."""
+        carries its `lr_mult` for `vwe.training.set_lr`."""
         backbone = [p for p in self.backbone.parameters() if p.requires_grad]
         weights = [branch.weight for branch in self.aspp.branches]
         biases = [branch.bias for branch in self.aspp.branches]
