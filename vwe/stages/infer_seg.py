@@ -23,12 +23,12 @@ from vwe.checkpoint import read_export
 from vwe.config import Config, CrfConfig, SegConfig
 from vwe.crf import crf_probs
 from vwe.data.datasets import deeplab_input
-from vwe.data.voc import image_size, label_is_complete, write_mask
+from vwe.data.voc import write_mask
 from vwe.models.deeplab import caffe_input, max_fusion, pyramid_logits
 from vwe.ray.cluster import quiet_worker
 from vwe.ray.data import Actors, Tasks, finish_manifest, map_items, objects, read_images, writable
 from vwe.run_folder import RunFolder
-from vwe.stages.stage import Stage, split_items
+from vwe.stages.stage import Stage, label_done, split_items
 from vwe.stages.train_seg import load_trained_deeplab
 
 log = logging.getLogger(__name__)
@@ -109,8 +109,7 @@ def predict_split(cfg: Config, split: str | None = None, crf: bool | None = None
     run = RunFolder.of(cfg)
     split = split or cfg.data.eval_split
     crf = cfg.seg.crf.enabled if crf is None else crf
-    todo, done = split_items(cfg, split, lambda item: label_is_complete(run.prediction(split, crf, item["id"]),
-                                                                        image_size(item["path"])))
+    todo, done = split_items(cfg, split, label_done(lambda image_id: run.prediction(split, crf, image_id)))
     if todo:
         read_export(run.deeplab, "train-seg")  # a missing or truncated model.pth is named here, not in an actor
     batch = cfg.seg.infer_batch_size
@@ -134,9 +133,7 @@ def run(cfg: Config) -> dict[str, Any]:
 
 def is_complete(cfg: Config) -> bool:
     folder, split, crf = RunFolder.of(cfg), cfg.data.eval_split, cfg.seg.crf.enabled
-    todo, _ = split_items(cfg, split, lambda item: label_is_complete(folder.prediction(split, crf, item["id"]),
-                                                                     image_size(item["path"])))
-    return not todo
+    return not split_items(cfg, split, label_done(lambda image_id: folder.prediction(split, crf, image_id)))[0]
 
 
 STAGE = Stage(

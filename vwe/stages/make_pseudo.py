@@ -18,13 +18,13 @@ import numpy as np
 from vwe.cam import cam_is_complete, cam_to_label, load_cam
 from vwe.config import Config
 from vwe.crf import confident_pseudo_label, crf_labels
-from vwe.data.voc import IGNORE, image_size, label_is_complete, read_image, write_mask
+from vwe.data.voc import IGNORE, read_image, write_mask
 from vwe.errors import DataError
 from vwe.evaluation import write_report
 from vwe.ray.data import Tasks, finish_manifest, map_items, objects
 from vwe.run_folder import RunFolder
 from vwe.stages.eval_seg import score_labels
-from vwe.stages.stage import Stage, split_items
+from vwe.stages.stage import Stage, label_done, split_items
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,7 @@ def make_pseudo_labels(cfg: Config, split: str | None = None) -> dict[str, Any]:
     """Pseudo labels of every image of `split` (default data.train_split) from its CAMs (`vwe make-pseudo`)."""
     run = RunFolder.of(cfg)
     split = split or cfg.data.train_split
-    todo, done = split_items(cfg, split, lambda item: label_is_complete(run.pseudo_label(item["id"]),
-                                                                        image_size(item["path"])))
+    todo, done = split_items(cfg, split, label_done(run.pseudo_label))
     no_cam = [item["id"] for item in todo if not cam_is_complete(run.cam(item["id"]))]
     if no_cam:
         raise DataError(f"make-pseudo: {len(no_cam)} image(s) have no CAM file in {run.cams}, e.g. {no_cam[0]}: "
@@ -106,10 +105,7 @@ def run(cfg: Config) -> dict[str, Any]:
 
 
 def is_complete(cfg: Config) -> bool:
-    folder = RunFolder.of(cfg)
-    todo, _ = split_items(cfg, cfg.data.train_split,
-                          lambda item: label_is_complete(folder.pseudo_label(item["id"]), image_size(item["path"])))
-    return not todo
+    return not split_items(cfg, cfg.data.train_split, label_done(RunFolder.of(cfg).pseudo_label))[0]
 
 
 STAGE = Stage(

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from vwe.config import Config
-from vwe.data.voc import VOCDataset
+from vwe.data.voc import VOCDataset, image_size, label_is_complete
 
 PathLike = str | Path
 
@@ -56,3 +56,9 @@ def split_items(cfg: Config, split: str,
         else:
             todo.append(item)
     return todo, done
+
+
+def label_done(path_of: Callable[[str], PathLike]) -> Callable[[dict[str, Any]], bool]:
+    """`is_done` for `split_items` of a stage that writes one label PNG per image at `path_of(image_id)`: the PNG
+    is whole and has its image's size."""
+    return lambda item: label_is_complete(path_of(item["id"]), image_size(item["path"]))
