@@ -39,3 +39,15 @@ def synth_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("synth") / "VOC2012"
     generate(root, {"train_aug": 96, "train": 32, "val": 32, "test": 8}, 64, 64, num_classes=20, seed=0)
     return root
+
+
+@pytest.fixture(scope="module")
+def one_thread():  # type: ignore[no-untyped-def]
+    """One torch thread for the module: on 2 shared cores one thread is faster than two fighting other processes,
+    and the runs are reproducible."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -22,3 +22,13 @@ def test_bench_crf(ray_local, tmp_path):
                  "--json", str(tmp_path / "crf.json")]) == 0
     rows = json.loads((tmp_path / "crf.json").read_text())
     assert [r["labels"] for r in rows] == [2, 3] and all(r["s_per_image_1_core"] > 0 for r in rows)
+
+
+def test_bench_irn(tmp_path):
+    assert main(["bench", "irn", "--sizes", "40x48", "96x128", "--batches", "1", "--exp-times", "4",
+                 "--dense-max-nodes", "200", "--json", str(tmp_path / "irn.json")]) == 0
+    small, large = json.loads((tmp_path / "irn.json").read_text())
+    assert (small["cells"], large["cells"]) == (120, 768) and small["sparse_img_s"] > 0
+    # the dense walk ran where it fits, and agrees; beyond the limit it is estimated, and says so
+    assert small["dense_estimated"] is False and small["max_rel_diff"] < 1e-4
+    assert large["dense_estimated"] is True and large["max_rel_diff"] is None and large["dense_img_s"] > 0

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 import torch
 
 from vwe.config import ModelConfig
@@ -25,15 +24,6 @@ def load_split(root: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def micro_f1(predicted: torch.Tensor, labels: torch.Tensor) -> float:
     return (2 * (predicted * labels).sum() / (predicted.sum() + labels.sum())).item()
-
-
-@pytest.fixture
-def one_thread():  # type: ignore[no-untyped-def]
-    # 2 shared cores: one thread is faster than two fighting other processes, and runs are reproducible
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_image_label_f1_rises_well_above_chance(tmp_path: Path, one_thread: None) -> None:

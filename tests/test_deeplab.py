@@ -24,13 +24,7 @@ from vwe.training import set_lr
 
 
 
-@pytest.fixture(autouse=True)
-def one_thread():  # type: ignore[no-untyped-def]
-    # 2 shared cores: one thread is faster than two fighting other processes
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_deeplab(**overrides) -> torch.nn.Module:

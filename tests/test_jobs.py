@@ -20,7 +20,7 @@ def submit():
 
 
 def test_every_entrypoint_takes_its_commands_arguments():
-    for name in ("pipeline", "train_cam", "make_cam", "eval_cam", "make_pseudo"):
+    for name in ("pipeline", "train_cam", "make_cam", "eval_cam", "make_pseudo", "train_irn", "make_sem_seg"):
         done = subprocess.run([sys.executable, str(REPO / "jobs" / f"{name}.py"), "--help"], capture_output=True,
                               text=True, cwd=REPO, timeout=120)
         assert done.returncode == 0 and "--config" in done.stdout and "--set" in done.stdout, done.stderr

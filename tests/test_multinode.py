@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from vwe import pipeline
+from vwe.stages import stages_of
 from vwe.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -184,10 +184,10 @@ def test_pipeline_job_runs_across_nodes(cluster):
     assert done.returncode == 0 and "SUCCEEDED" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
 
     cfg = load_config(out / "config.yaml")
-    for stage in pipeline.STAGES:
+    for stage in stages_of(cfg):
         assert stage.is_complete(cfg), f"stage {stage.name} left incomplete outputs"
     records = json.loads((out / "stages.json").read_text())
-    assert [name for name, r in records.items() if not r["skipped"]] == [s.name for s in pipeline.STAGES]
+    assert [name for name, r in records.items() if not r["skipped"]] == [s.name for s in stages_of(cfg)]
     assert records["train_cam"]["result"]["step"] == 12
 
     job = next(j for j in job_client(cluster).list_jobs() if j.entrypoint.startswith("python jobs/pipeline.py"))

@@ -17,10 +17,16 @@ SHARED = {
     "train.optimizer": "sgd", "train.momentum": 1e-4, "train.weight_decay": 1e-4, "train.poly_power": 0.9,
     "train.crop_size": 512, "train.resize_long": [320, 640], "train.flip": True,
     "cam.scales": [1.0, 0.5, 1.5, 2.0],
-    "pseudo.method": "confident", "pseudo.fg_background_score": 0.30, "pseudo.bg_background_score": 0.05,
+    "pseudo.method": "irnet", "pseudo.fg_background_score": 0.30, "pseudo.bg_background_score": 0.05,
     "pseudo.crf.enabled": True, "pseudo.crf.iterations": 10, "pseudo.crf.gt_prob": 0.7,
     "pseudo.crf.gaussian_sxy": 3.0, "pseudo.crf.gaussian_compat": 3.0, "pseudo.crf.bilateral_sxy": 50.0,
     "pseudo.crf.bilateral_srgb": 5.0, "pseudo.crf.bilateral_compat": 10.0,
+    # METHOD §3: IRNet's boundary network (ResNet-50, ImageNet) and its random walk
+    "irn.backbone": "resnet50", "irn.init": "imagenet",
+    "irn.pretrained": "https://download.pytorch.org/models/resnet50-19c8e357.pth", "irn.batch_size": 32,
+    "irn.epochs": 3, "irn.lr": 0.1, "irn.optimizer": "sgd", "irn.momentum": 1e-4, "irn.weight_decay": 1e-4,
+    "irn.poly_power": 0.9, "irn.crop_size": 512, "irn.scale_range": [0.5, 1.5], "irn.flip": True,
+    "irn.train_radius": 10, "irn.radius": 5, "irn.beta": 10.0, "irn.exp_times": 8, "irn.background_score": 0.25,
     "seg.backbone": "resnet101", "seg.init": "coco", "seg.batch_size": 10, "seg.accumulation": 2,
     "seg.iterations": 20000, "seg.lr": 2.5e-4, "seg.lr_every": 10, "seg.optimizer": "sgd", "seg.momentum": 0.9,
     "seg.weight_decay": 5e-4, "seg.poly_power": 0.9, "seg.aspp_weight_lr_mult": 10.0, "seg.aspp_bias_lr_mult": 20.0,
@@ -29,7 +35,7 @@ SHARED = {
     "seg.crf.enabled": True, "seg.crf.iterations": 10, "seg.crf.gaussian_sxy": 1.0, "seg.crf.gaussian_compat": 3.0,
     "seg.crf.bilateral_sxy": 67.0, "seg.crf.bilateral_srgb": 3.0, "seg.crf.bilateral_compat": 4.0,
     # fp32 everywhere, as the authors ran
-    "train.amp": False, "train.channels_last": False, "train.compile": False, "cam.amp": False,
+    "train.amp": False, "train.channels_last": False, "train.compile": False, "cam.amp": False, "irn.amp": False,
     "seg.amp": False, "seg.channels_last": False, "seg.compile": False,
 }
 # METHOD §1.7 (v1 vs VWL-L vs VWL-M), D2 (background score), D3 (backbone), P4 (which weights make the CAMs)
@@ -44,7 +50,7 @@ PAPER = {
               "model.pretrained": "https://download.pytorch.org/models/resnet101-5d3b4d8f.pth",
               "model.memory_momentum": 1e-3, "cam.background_score": 0.13, "cam.classifier_epoch": 0},
 }
-FAST = {"train.amp": True, "train.channels_last": True, "train.compile": True, "cam.amp": True,
+FAST = {"train.amp": True, "train.channels_last": True, "train.compile": True, "cam.amp": True, "irn.amp": True,
         "seg.amp": True, "seg.channels_last": True, "seg.compile": True}
 
 

@@ -34,15 +34,6 @@ STEPS = 200
 
 
 @pytest.fixture(scope="module")
-def one_thread():  # type: ignore[no-untyped-def]
-    # 2 shared cores: one thread is faster than two fighting other processes, and runs are reproducible
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def data(tmp_path_factory) -> tuple[Path, Path]:
     """A synthetic VOC folder and a folder of "pseudo labels": copies of train_aug's ground-truth masks."""
     base = tmp_path_factory.mktemp("seg")

@@ -239,13 +239,14 @@ def test_a_dataset_root_in_an_object_store_reads_like_the_local_one(s3_bucket, s
 
 
 def test_the_whole_pipeline_runs_in_an_object_store(ray_s3, s3_bucket, synth_root):
-    from vwe.pipeline import STAGES, run
+    from vwe.pipeline import run
+    from vwe.stages import stages_of
 
     out = f"{s3_bucket}/pipeline-{uuid.uuid4().hex[:8]}"
     cfg = load_config("tiny", [f"out_dir={out}", f"data.root={synth_root}",
                                                        "synth.enabled=false"])
     first = run(cfg)
-    assert list(first) == [stage.name for stage in STAGES] and not any(r["skipped"] for r in first.values())
+    assert list(first) == [stage.name for stage in stages_of(cfg)] and not any(r["skipped"] for r in first.values())
 
     def ids(folder: str, suffix: str) -> set[str]:
         return {n.removesuffix(suffix) for n in storage.listdir(f"{out}/{folder}") if n.endswith(suffix)}

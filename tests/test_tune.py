@@ -191,17 +191,6 @@ def test_voc_space_is_valid():
     assert space.scheduler.name == "asha" and space.set["ray.use_gpu"] is True
 
 
-@pytest.fixture
-def one_thread():
-    import torch
-
-    # in-process training on 2 shared cores: one thread is several times faster than two
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_epoch_eval_reports_the_cam_miou_of_the_model_at_each_epoch_end(synth_root, tmp_path, one_thread):
     from vwe.checkpoint import LocalSession
     from vwe import evaluation

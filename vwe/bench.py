@@ -190,3 +190,98 @@ def bench_crf(images: int | None = None, height: int = 375, width: int = 500,
                      "images_per_s_all_cores": round(count / parallel_wall, 2), "speedup": round(speedup, 2),
                      "efficiency": round(speedup / cores, 2)})
     return rows
+
+
+def dense_random_walk(cam: torch.Tensor, edge: torch.Tensor, radius: int = 5, beta: float = 10.0,
+                      exp_times: int = 8) -> torch.Tensor:
+    """IRNet's own computation of `vwe.affinity.random_walk` for one image, the benchmark's baseline: the dense
+    HW x HW transition matrix, squared exp_times times (HW^2 memory, 2 (HW)^3 exp_times FLOP)."""
+    from vwe.affinity import transition_weights, walk_offsets
+
+    height, width = edge.shape
+    n = height * width
+    weights = transition_weights(edge[None], radius, beta)[0]  # (o, j): T[j + o, j]
+    transition = torch.zeros(n, n, device=edge.device, dtype=edge.dtype)
+    ys, xs = torch.meshgrid(torch.arange(height, device=edge.device), torch.arange(width, device=edge.device),
+                            indexing="ij")
+    for k, (dy, dx) in enumerate(walk_offsets(radius)):
+        inside = (ys + dy >= 0) & (ys + dy < height) & (xs + dx >= 0) & (xs + dx < width)
+        source = ((ys + dy) * width + xs + dx)[inside]
+        transition[source, (ys * width + xs)[inside]] = weights[k][inside]
+    for _ in range(exp_times):
+        transition = transition @ transition
+    return ((cam * (1 - edge)).reshape(len(cam), n) @ transition).reshape(cam.shape)
+
+
+def bench_irn(sizes: tuple[tuple[int, int], ...] = ((375, 500), (640, 480)), batch_size: int | None = None,
+              batches: int = 2, exp_times: int = 8, radius: int = 5, dense_max_nodes: int | None = None,
+              devices: list[str] | None = None) -> list[dict[str, Any]]:
+    """Images/s and peak memory of IRNet's random walk (make-sem-seg's cost after the network), sparse
+    (`vwe.affinity.random_walk`, a batch at a time) and dense (IRNet's matrix squaring, one image at a time), for
+    images of `sizes` with 2 classes each, on the GPU when there is one and on the CPU.
+
+    A dense walk over more than `dense_max_nodes` stride-4 cells (default: no limit on the GPU, 4,096 on the CPU,
+    where one 375x500 image takes minutes) is not run: its time is estimated from the FLOP rate of one squaring
+    at that size, and the row says so. Peak memory is measured on the GPU; on the CPU it is the size of the
+    walk's tensors. `max_rel_diff` compares the two walks where both ran (relative to the largest value).
+    """
+    from vwe.affinity import random_walk, walk_offsets
+    from vwe.cam import strided_size
+
+    devices = devices or (["cuda", "cpu"] if torch.cuda.is_available() else ["cpu"])
+    rows = []
+    for name in devices:
+        device = torch.device(name)
+        gpu = device.type == "cuda"
+        batch = batch_size or (16 if gpu else 2)
+        limit = dense_max_nodes if dense_max_nodes is not None else (None if gpu else 4096)
+        for height, width in sizes:
+            h, w = strided_size(height, width)
+            generator = torch.Generator().manual_seed(0)
+            edges = [torch.rand(h, w, generator=generator).pow(4).to(device) for _ in range(batch)]
+            cams = [torch.rand(2, h, w, generator=generator).to(device) for _ in range(batch)]
+            random_walk(cams[:1], edges[:1], radius, exp_times=1)  # warm-up
+            _reset_peak(device)
+            _sync(device)
+            start = time.perf_counter()
+            for _ in range(batches):
+                sparse = random_walk(cams, edges, radius, exp_times=exp_times)
+            _sync(device)
+            sparse_rate = batches * batch / (time.perf_counter() - start)
+            # weights per plane (offsets x cells) plus the values, their padded copy and the step's output
+            sparse_bytes = _peak(device) if gpu else 4 * h * w * 2 * batch * (len(walk_offsets(radius)) + 3)
+            n = h * w
+            row = {"device": device_name(device), "image": f"{height}x{width}", "cells": n, "steps": 2 ** exp_times,
+                   "batch": batch, "sparse_img_s": round(sparse_rate, 2), "sparse_peak_mb": round(sparse_bytes / 2**20)}
+            if limit is None or n <= limit:
+                _reset_peak(device)
+                _sync(device)
+                start = time.perf_counter()
+                dense = dense_random_walk(cams[0], edges[0], radius, exp_times=exp_times)
+                _sync(device)
+                dense_seconds = time.perf_counter() - start
+                difference = float((dense - sparse[0]).abs().max() / dense.abs().max())
+                row.update(dense_img_s=round(1 / dense_seconds, 3), dense_estimated=False,
+                           max_rel_diff=float(f"{difference:.2g}"))
+            else:
+                probe = torch.rand(limit, limit, device=device)
+                start = time.perf_counter()
+                probe @ probe
+                flops = 2 * limit**3 / (time.perf_counter() - start)
+                dense_seconds = exp_times * 2 * n**3 / flops
+                row.update(dense_img_s=round(1 / dense_seconds, 5), dense_estimated=True, max_rel_diff=None)
+            # the matrix, its square and the product's workspace
+            dense_bytes = _peak(device) if gpu and not row["dense_estimated"] else 3 * 4 * n * n
+            row.update(dense_peak_mb=round(dense_bytes / 2**20),
+                       speedup=round(row["sparse_img_s"] / row["dense_img_s"], 1))
+            rows.append(row)
+    return rows
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak(device: torch.device) -> int:
+    return torch.cuda.max_memory_allocated(device)

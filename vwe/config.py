@@ -165,12 +165,53 @@ class CamConfig:
 
 @dataclass
 class PseudoLabelConfig:
-    # confident: two background scores (+ CRF each), 255 where they disagree (IRNet, METHOD §3) |
+    # irnet: the confident labels train IRNet's boundary network, whose random walk on the CAMs makes DeepLab's
+    #        labels (the paper's pipeline, METHOD §3) |
+    # confident: two background scores (+ CRF each), 255 where they disagree (IRNet's cam_to_ir_label); DeepLab
+    #        trains on these |
     # threshold: CAM argmax at cam.background_score (+ CRF on those labels when crf.enabled)
-    method: Literal["confident", "threshold"] = "confident"
+    method: Literal["irnet", "confident", "threshold"] = "irnet"
     fg_background_score: Fraction = 0.30  # high background score: what beats it is confident foreground, METHOD §3
     bg_background_score: Fraction = 0.05  # low background score: where nothing beats it is confident background
     crf: CrfConfig = field(default_factory=CrfConfig)  # IRNet's: Gaussian 3/3, bilateral 50/5/10, unary 0.7
+
+
+@dataclass
+class IrnConfig:
+    """IRNet's boundary network and its random walk (METHOD §3, REFINEMENT §2); used when pseudo.method = irnet.
+
+    Only the boundary (edge) branch: the displacement branch serves instance masks, not semantic labels.
+    """
+
+    backbone: Backbone = "resnet50"  # frozen, strides 2, 2, 2, 1
+    # imagenet: a torchvision ResNet checkpoint (the paper) | classifier: the backbone of this run's `vwe train-cam`
+    #           export (the synthetic demo's stand-in: no ImageNet weights fit resnet-tiny)
+    init: Literal["imagenet", "classifier"] = "imagenet"
+    pretrained: str = ""  # the `init` checkpoint: a path or a URL; "{out_dir}" expands to out_dir; "" = random init
+    num_workers: NonNegative = 0  # data-parallel workers; 0 = ray.num_workers
+    batch_size: Positive = 32  # global (METHOD P13)
+    epochs: Positive = 3
+    lr: PositiveFloat = 0.1
+    optimizer: Optimizer = "sgd"
+    momentum: Annotated[float, Range(0, 1, high_open=True)] = 1e-4  # the authors' effective momentum (METHOD P1)
+    weight_decay: NonNegativeFloat = 1e-4
+    poly_power: NonNegativeFloat = 0.9
+    crop_size: Annotated[int, Range(4)] = 512  # square crop; image padded with 0 (the mean), labels with 255
+    scale_range: Scales = field(default_factory=lambda: [0.5, 1.5])  # random rescale, uniform in [low, high]
+    flip: bool = True
+    train_radius: Annotated[int, Range(2)] = 10  # path length of the affinity pairs in training, stride-4 cells
+    radius: Annotated[int, Range(2)] = 5  # path length of the random walk's affinities at inference
+    beta: PositiveFloat = 10.0  # transition matrix T = A^beta, column-normalised
+    exp_times: Annotated[int, Range(0, 12)] = 8  # the walk takes 2^exp_times steps
+    background_score: Fraction = 0.25  # background plane of the walked, max-normalised CAMs (sem_seg_bg_thres)
+    num_actors: NonNegative = 0  # make-sem-seg actors; 0 = one per GPU (ray.use_gpu) or one on CPU
+    infer_batch_size: Positive = 8  # images per make-sem-seg call (one walk over the batch)
+    amp: bool = False  # bf16 autocast of the backbone on GPU (ignored on CPU); the walk always runs in fp32
+    loader_workers: NonNegative = 4  # DataLoader processes per training worker
+    seed: NonNegative = 1
+    log_every: Positive = 20
+    checkpoint_every: Positive = 200  # steps between checkpoints (plus one at each epoch end)
+    max_steps: NonNegative = 0  # > 0 stops early (tests, smoke runs); the LR schedule still spans the full run
 
 
 @dataclass
@@ -260,6 +301,7 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     cam: CamConfig = field(default_factory=CamConfig)
     pseudo: PseudoLabelConfig = field(default_factory=PseudoLabelConfig)
+    irn: IrnConfig = field(default_factory=IrnConfig)
     seg: SegConfig = field(default_factory=SegConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
@@ -290,7 +332,7 @@ class Config:
         out_dir = self.out_dir if is_uri(self.out_dir) else str(Path(self.out_dir).resolve())
         overrides: dict[str, Any] = {"out_dir": out_dir}
         for key in ("data.root", "data.sbd_root", "ray.storage_path", "seg.labels_dir", "seg.pretrained",
-                    "model.pretrained"):
+                    "model.pretrained", "irn.pretrained"):
             value = self.get(key).replace("{out_dir}", out_dir)
             if value and "://" not in value:
                 value = str(Path(value).resolve())
@@ -317,19 +359,28 @@ def _check_rules(cfg: Config, source: str) -> None:
             fail(key, "must not be empty")
     if len(cfg.seg.aspp_rates) != 4:
         fail("seg.aspp_rates", "must hold the 4 dilations of DeepLab v2's ASPP branches")
-    low, *high = cfg.train.resize_long
-    if len(high) != 1 or low > high[0]:
-        fail("train.resize_long", "must be [low, high] with low <= high")
+    for key in ("train.resize_long", "irn.scale_range"):
+        low, *high = cfg.get(key)
+        if len(high) != 1 or low > high[0]:
+            fail(key, "must be [low, high] with low <= high")
     if cfg.pseudo.fg_background_score < cfg.pseudo.bg_background_score:
         fail("pseudo.fg_background_score", f"must be >= pseudo.bg_background_score ({cfg.pseudo.bg_background_score})")
     if cfg.train.batch_size % cfg.ray.num_workers:
         fail("train.batch_size", f"must divide evenly over ray.num_workers = {cfg.ray.num_workers} workers")
+    irn_workers = cfg.irn.num_workers or cfg.ray.num_workers
+    if cfg.irn.batch_size % irn_workers:
+        fail("irn.batch_size", f"must divide evenly over {irn_workers} IRNet workers (irn.num_workers, else "
+                               "ray.num_workers)")
+    if cfg.irn.crop_size % 4:
+        fail("irn.crop_size", "must be a multiple of 4 (the labels are taken at stride 4)")
     seg_workers = cfg.seg.num_workers or cfg.ray.num_workers
     if cfg.seg.batch_size % (seg_workers * cfg.seg.accumulation):
         fail("seg.batch_size", f"must divide evenly over {seg_workers} DeepLab workers (seg.num_workers, else "
                                f"ray.num_workers) x seg.accumulation = {cfg.seg.accumulation} sub-batches")
     if cfg.cam.classifier_epoch > cfg.train.epochs:
         fail("cam.classifier_epoch", f"must be at most train.epochs ({cfg.train.epochs})")
+    if cfg.irn.init == "classifier" and not cfg.irn.pretrained:
+        fail("irn.pretrained", "must name the checkpoint for irn.init = classifier")
     if cfg.seg.init in ("coco", "classifier") and not cfg.seg.pretrained:
         fail("seg.pretrained", f"must name the checkpoint for seg.init = {cfg.seg.init}")
     if cfg.seg.init == "coco" and cfg.seg.backbone != "resnet101":

@@ -1,4 +1,5 @@
-"""Classifier losses (METHOD §1.5): multi-label soft margin on each head, plus codebook decorrelation for VWL-L."""
+"""Classifier losses (METHOD §1.5): multi-label soft margin on each head, plus codebook decorrelation for VWL-L;
+IRNet's affinity loss (METHOD §3)."""
 from __future__ import annotations
 
 import torch
@@ -52,3 +53,25 @@ def classifier_loss(
         weights["decov"] = model_cfg.decov_loss_weight
     total = sum(weights[name] * term for name, term in terms.items())
     return total, {name: term.detach() for name, term in terms.items()}
+
+
+_AFFINITY_EPS = 1e-5
+
+
+def affinity_loss(affinity: Tensor, background_pairs: Tensor, foreground_pairs: Tensor,
+                  negative_pairs: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+    """IRNet's boundary loss: (pos + neg) / 2 with pos = (bg_pos + fg_pos) / 2, where bg_pos and fg_pos average
+    -log(affinity) over the background and the foreground pairs and neg averages -log(1 - affinity) over the
+    negative pairs (masks from `vwe.affinity.affinity_labels`, all the shape of `affinity`). An empty set of pairs
+    contributes 0."""
+    affinity = affinity.float()
+
+    def mean(values: Tensor, mask: Tensor) -> Tensor:
+        mask = mask.to(values.dtype)
+        return (values * mask).sum() / (mask.sum() + _AFFINITY_EPS)
+
+    bg_pos = mean(-torch.log(affinity + _AFFINITY_EPS), background_pairs)
+    fg_pos = mean(-torch.log(affinity + _AFFINITY_EPS), foreground_pairs)
+    neg = mean(-torch.log(1.0 + _AFFINITY_EPS - affinity), negative_pairs)
+    total = ((bg_pos + fg_pos) / 2 + neg) / 2
+    return total, {"bg_pos": bg_pos.detach(), "fg_pos": fg_pos.detach(), "neg": neg.detach()}

@@ -22,7 +22,7 @@ from vwe.errors import ConfigError
 from vwe.evaluation import write_rows
 from vwe.io import write_json
 from vwe.run_folder import RunFolder, RunLock
-from vwe.stages import STAGE_NAMES, STAGES
+from vwe.stages import STAGE_NAMES, STAGES, stages_of
 from vwe.stages.stage import changed_keys
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,8 @@ def run(cfg: Config, force: tuple[str, ...] = (), until: str | None = None) -> d
     for name in (*force, *([until] if until else [])):
         if name not in STAGE_NAMES:
             raise ConfigError(f"unknown stage {name!r} (stages: {', '.join(STAGE_NAMES)})")
-    planned = STAGES[:STAGE_NAMES.index(until) + 1 if until else len(STAGES)]
+    last = STAGE_NAMES.index(until) if until else len(STAGES) - 1
+    planned = [stage for stage in stages_of(cfg) if STAGE_NAMES.index(stage.name) <= last]
     folder = RunFolder.of(cfg)
     with RunLock(folder):
         cfg.dump(folder.config)

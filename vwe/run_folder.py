@@ -97,6 +97,22 @@ class RunFolder:
     def pseudo_label_scores(self) -> PathLike:
         return self._path("eval_labels")
 
+    # stage 3 with pseudo.method = irnet: IRNet's boundary network and its semantic labels
+    @property
+    def irn(self) -> PathLike:
+        return self._path("irn")
+
+    @property
+    def sem_seg_labels(self) -> PathLike:
+        return self._path("sem_seg_labels")
+
+    def sem_seg_label(self, image_id: str) -> PathLike:
+        return storage.join(self.sem_seg_labels, f"{image_id}.png")
+
+    @property
+    def sem_seg_label_scores(self) -> PathLike:
+        return self._path("eval_sem_seg")
+
     # stages 4-5: DeepLab, its predictions and their scores
     @property
     def deeplab(self) -> PathLike:

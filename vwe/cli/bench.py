@@ -1,4 +1,4 @@
-"""`vwe bench train | cam | crf`: throughput benchmarks (speed lives here, never in the tests)."""
+"""`vwe bench train | cam | crf | irn`: throughput benchmarks (speed lives here, never in the tests)."""
 from __future__ import annotations
 
 import argparse
@@ -29,6 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench_crf.add_argument("--labels", type=int, nargs="+", default=[3, 21], help="CRF label counts to time")
     bench_crf.add_argument("--json", help="also write the table as JSON here")
     bench_crf.set_defaults(handler=_bench_crf)
+    bench_irn = bench_sub.add_parser("irn", help="images/s and peak memory of IRNet's random walk, sparse vs dense")
+    bench_irn.add_argument("--sizes", nargs="+", default=["375x500", "640x480"], help="HxW image sizes")
+    bench_irn.add_argument("--batch-size", type=int, help="images per sparse walk (default 16 on GPU, 2 on CPU)")
+    bench_irn.add_argument("--batches", type=int, default=2, help="timed sparse walks per size")
+    bench_irn.add_argument("--exp-times", type=int, default=8, help="the walk takes 2^exp_times steps (default 8)")
+    bench_irn.add_argument("--dense-max-nodes", type=int,
+                           help="estimate, not run, a dense walk over more cells (default: 4096 on CPU, none on GPU)")
+    bench_irn.add_argument("--devices", nargs="+", help="default: cuda and cpu when there is a GPU, else cpu")
+    bench_irn.add_argument("--json", help="also write the table as JSON here")
+    bench_irn.set_defaults(handler=_bench_irn)
 
 
 def _bench_train(args: argparse.Namespace) -> int:
@@ -50,6 +60,15 @@ def _bench_crf(args: argparse.Namespace) -> int:
     height, _, width = args.size.partition("x")
     return _table(args, bench_crf(images=args.images, height=int(height), width=int(width),
                                   labels=tuple(args.labels)))
+
+
+def _bench_irn(args: argparse.Namespace) -> int:
+    from vwe.bench import bench_irn
+
+    sizes = tuple(tuple(int(side) for side in size.split("x")) for size in args.sizes)
+    return _table(args, bench_irn(sizes=sizes, batch_size=args.batch_size, batches=args.batches,
+                                  exp_times=args.exp_times, dense_max_nodes=args.dense_max_nodes,
+                                  devices=args.devices))
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:

@@ -8,7 +8,8 @@ from typing import Any
 from vwe.cli.common import add_config_args, config_from_args
 
 DEFAULT_CONFIG = "synthetic"  # the demo: the synthetic benchmark on a local Ray, minutes on a CPU
-STAGE_LIST = "data, train_cam, make_cam, eval_cam, make_pseudo, train_seg, infer_seg, eval_seg, report"
+STAGE_LIST = (
+    "data, train_cam, make_cam, eval_cam, make_pseudo, train_irn, make_sem_seg, train_seg, infer_seg, eval_seg, report")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -82,9 +83,11 @@ def results_text(cfg: Any) -> str:
     for split in dict.fromkeys([cam_split, eval_split]):
         cams = load(storage.join(run.cam_scores, f"{split}.json"))
         pseudo = load(storage.join(run.pseudo_label_scores, f"pseudo_{split}.json"))
+        irnet = load(storage.join(run.sem_seg_label_scores, f"{split}.json"))
         lines.append(f"  {split}: all background {percent(all_background_miou(voc, voc.split_ids(split)))}"
                      f" | CAMs {percent(cams and cams['miou'])} (best of sweep {percent(cams and cams['best_miou'])})"
-                     + (f" | pseudo labels {percent(pseudo['miou'])}" if pseudo else "")
+                     + (f" | CRF pseudo labels {percent(pseudo['miou'])}" if pseudo else "")
+                     + (f" | IRNet labels {percent(irnet['miou'])}" if irnet else "")
                      + (f" | final model {percent(final['miou'])}" if final and split == eval_split else ""))
     if final:
         cams = load(storage.join(run.cam_scores, f"{eval_split}.json")) or {"iou": {}}

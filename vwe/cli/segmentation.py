@@ -4,17 +4,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from vwe.cli.common import add_config_args, add_ray_args, config_from_args, locked
+from vwe.cli.common import add_config_args, add_ray_args, add_training_parser, config_from_args, locked, run_training
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    train = subparsers.add_parser("train-seg", help="train DeepLab v2 on the pseudo labels on Ray Train (stage 4)")
-    add_config_args(train)
-    add_ray_args(train)
-    group = train.add_mutually_exclusive_group()
-    group.add_argument("--resume", action="store_true", help="continue the existing run (an error if there is none)")
-    group.add_argument("--restart", action="store_true", help="delete the existing run's checkpoints and start over")
-    train.set_defaults(handler=_train_seg)
+    add_training_parser(subparsers, "train-seg", "train DeepLab v2 on the pseudo labels on Ray Train (stage 4)",
+                        _train_seg)
 
     infer = subparsers.add_parser("infer-seg", help="DeepLab predictions of a split on Ray Data (MS fusion, CRF)")
     _add_prediction_args(infer, "data.eval_split")
@@ -41,16 +36,9 @@ def _add_prediction_args(parser: argparse.ArgumentParser, default_split: str, ra
 
 
 def _train_seg(args: argparse.Namespace) -> int:
-    from vwe.run_folder import RunFolder
     from vwe.stages.train_seg import train_deeplab
 
-    cfg = config_from_args(args)
-    with locked(cfg):
-        result = train_deeplab(cfg, resume=args.resume, restart=args.restart)
-    result.pop("history")
-    print(json.dumps(result, indent=2))
-    print(f"DeepLab weights: {RunFolder.of(cfg).deeplab}/model.pth")
-    return 0
+    return run_training(args, train_deeplab, "DeepLab", lambda run: run.deeplab)
 
 
 def _infer_seg(args: argparse.Namespace) -> int:

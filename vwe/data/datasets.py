@@ -11,7 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vwe import storage
-from vwe.data.transforms import Normalize, TrainTransform
+from vwe.data.transforms import Normalize, RandomCrop, TrainTransform
 from vwe.data.voc import IGNORE, NUM_CLASSES, VOCDataset, read_image, read_mask
 from vwe.errors import DataError
 
@@ -83,14 +83,14 @@ class SegmentationDataset(Dataset):
 
     def __init__(self, root: str | Path, split: str, labels_dir: str | Path, *, crop_size: int = 321,
                  scales: Iterable[float] = (0.5, 0.75, 1.0, 1.25, 1.5), flip: bool = True, caffe: bool = False,
-                 seed: int | None = None):
+                 seed: int | None = None, hint: str = "run `vwe make-pseudo` first, or set seg.labels_dir"):
         self.voc = VOCDataset(root)
         self.labels_dir = storage.join(labels_dir)
         self.ids = self.voc.split_ids(split)
         missing = storage.missing(self.labels_dir, [f"{i}.png" for i in self.ids])
         if missing:
             raise DataError(f"{self.labels_dir}: {len(missing)} of the {len(self.ids)} ids of split {split!r} have no "
-                            f"label file, e.g. {missing[0]}: run `vwe make-pseudo` first, or set seg.labels_dir")
+                            f"label file, e.g. {missing[0]}: {hint}")
         self.crop_size = crop_size
         self.scales = tuple(scales)
         if not self.scales or min(self.scales) <= 0:
@@ -118,8 +118,12 @@ class SegmentationDataset(Dataset):
             raise DataError(f"{label_path}: label size {label.shape[1]}x{label.shape[0]} (WxH) differs from the "
                             f"image size {image.shape[1]}x{image.shape[0]}")
         rng = np.random.default_rng(None if self.seed is None else (self.seed, self.epoch, index))
-        image, label = self.augment(deeplab_input(image, self.caffe), label, rng)
+        image, label = self.augment(self.prepare(image), label, rng)
         return {"id": image_id, "image": torch.from_numpy(image), "label": torch.from_numpy(label)}
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        """The decoded uint8 image as `augment` takes it: DeepLab's normalised input."""
+        return deeplab_input(image, self.caffe)
 
     def augment(self, image: np.ndarray, label: np.ndarray,
                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -145,3 +149,40 @@ class SegmentationDataset(Dataset):
         if self.flip and rng.random() < 0.5:
             canvas, target = canvas[:, ::-1], target[:, ::-1]
         return np.ascontiguousarray(canvas.transpose(2, 0, 1)), np.ascontiguousarray(target)
+
+
+class AffinityDataset(SegmentationDataset):
+    """Items {"id": str, "image": float32 3 x crop x crop, "label": int64 crop/4 x crop/4} for IRNet's boundary
+    network: the confident labels of `labels_dir` (255 unsure), augmented as IRNet trains (METHOD §3): a random
+    rescale by a factor uniform in `scale_range` (image PIL bicubic, label PIL nearest, sides rounded), a horizontal
+    flip with p = 0.5, ImageNet normalisation, a random crop (image padded with 0, label with 255), and the label
+    taken at stride 4 (the centre pixel of each 4 x 4 cell, as PIL's nearest x 0.25 picks it). Seeded like
+    `ClassificationDataset`."""
+
+    def __init__(self, root: str | Path, split: str, labels_dir: str | Path, *, crop_size: int = 512,
+                 scale_range: tuple[float, float] = (0.5, 1.5), flip: bool = True, seed: int | None = None):
+        super().__init__(root, split, labels_dir, crop_size=crop_size, flip=flip, seed=seed,
+                         hint="run `vwe make-pseudo` first (IRNet trains on its confident labels)")
+        if crop_size % 4:
+            raise ValueError(f"crop_size must be a multiple of 4, got {crop_size}")
+        self.scale_range = tuple(scale_range)
+        self.crop = RandomCrop(size=crop_size)
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        return image  # rescaled as uint8 (PIL bicubic), normalised after
+
+    def augment(self, image: np.ndarray, label: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """uint8 H x W x 3 image + uint8 H x W label -> float32 3 x crop x crop, int64 crop/4 x crop/4."""
+        scale = rng.uniform(*self.scale_range)
+        height, width = label.shape
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))  # PIL's (w, h)
+        if size != (width, height):
+            image = np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+            label = np.asarray(Image.fromarray(label).resize(size, Image.Resampling.NEAREST))
+        if self.flip and rng.random() < 0.5:
+            image, label = image[:, ::-1], label[:, ::-1]
+        window = self.crop.window(label.shape, rng)
+        image = self.crop.apply(_IMAGENET_INPUT(image), window)
+        label = self.crop.apply(label, window, fill=IGNORE)[2::4, 2::4]
+        return np.ascontiguousarray(image.transpose(2, 0, 1)), label.astype(np.int64)

@@ -59,9 +59,15 @@ class RandomCrop:
         self.size = size
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        canvas = np.zeros((self.size, self.size) + image.shape[2:], dtype=image.dtype)
-        src_y, dst_y, h = self._offsets(image.shape[0], rng)
-        src_x, dst_x, w = self._offsets(image.shape[1], rng)
+        return self.apply(image, self.window(image.shape[:2], rng))
+
+    def window(self, shape: tuple[int, ...], rng: np.random.Generator) -> tuple[tuple[int, int, int], ...]:
+        """A random window for an image of `shape`, to crop several aligned arrays (an image and its labels) alike."""
+        return self._offsets(shape[0], rng), self._offsets(shape[1], rng)
+
+    def apply(self, image: np.ndarray, window: tuple[tuple[int, int, int], ...], fill: int = 0) -> np.ndarray:
+        (src_y, dst_y, h), (src_x, dst_x, w) = window
+        canvas = np.full((self.size, self.size) + image.shape[2:], fill, dtype=image.dtype)
         canvas[dst_y:dst_y + h, dst_x:dst_x + w] = image[src_y:src_y + h, src_x:src_x + w]
         return canvas
 

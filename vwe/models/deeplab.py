@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from vwe.config import SegConfig
 from vwe.models.resnet import FrozenBatchNorm2d, ResNetBackbone, build_backbone
-from vwe.models.weights import load_backbone
+from vwe.models.weights import classifier_to_backbone_names, load_backbone
 
 
 
@@ -143,11 +143,6 @@ def build_deeplab(seg: SegConfig, num_classes: int = 21, load_pretrained: bool =
         rename = {"coco": coco_to_backbone_names, "classifier": classifier_to_backbone_names}.get(seg.init)
         load_backbone(model.backbone, seg.pretrained, rename=rename)
     return model
-
-
-def classifier_to_backbone_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """The `backbone.*` tensors of a classifier state dict, without the prefix; the heads and codebook dropped."""
-    return {name.removeprefix("backbone."): value for name, value in state.items() if name.startswith("backbone.")}
 
 
 # deeplab-pytorch's ResNet names (libs/models/resnet.py, deeplabv2.py): layer1 is the stem (conv1 = conv + bn),

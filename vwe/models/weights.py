@@ -59,6 +59,12 @@ def load_backbone(backbone: nn.Module, path_or_url: str, *,
         raise DataError(f"{path_or_url}: not a checkpoint of this backbone; " + "; ".join(problems))
 
 
+def classifier_to_backbone_names(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The `backbone.*` tensors of a classifier state dict, without the prefix; the heads and codebook dropped
+    (DeepLab's and IRNet's `init: classifier`)."""
+    return {name.removeprefix("backbone."): value for name, value in state.items() if name.startswith("backbone.")}
+
+
 def _read_state_dict(path_or_url: str, key: str) -> dict[str, Tensor]:
     """The state dict at `path_or_url`; `key` names what points at it in the errors."""
     try:

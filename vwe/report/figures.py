@@ -74,7 +74,8 @@ def example_columns(run: Run, voc: VOCDataset,
         return colorize(read_mask(path)) if path is not None else None
 
     return [("image", lambda image_id, image: image, False), ("CAM", cam, False),
-            ("pseudo label", lambda image_id, image: label_file(run.folder.pseudo_label(image_id)), True),
+            ("CRF pseudo label", lambda image_id, image: label_file(run.folder.pseudo_label(image_id)), True),
+            ("IRNet label", lambda image_id, image: label_file(run.folder.sem_seg_label(image_id)), True),
             ("prediction", prediction, True), ("ground truth", ground_truth, True)]
 
 

@@ -56,8 +56,11 @@ def headline(run: Run, baselines: dict[str, float | None]) -> Section:
                                                    f"({ev['best_threshold']:.2f}; optimistic: chosen on this split)",
                      ev["best_miou"], None))
     if run.pseudo_eval:
-        rows.append(("headline-pseudo", f"pseudo-label mIoU on {cfg.data.cam_split} (unsure pixels as background)",
-                     run.pseudo_eval["miou"], ("pseudo", cfg.data.cam_split)))
+        rows.append(("headline-pseudo", f"CRF pseudo-label mIoU on {cfg.data.cam_split} (unsure pixels as "
+                                        "background)", run.pseudo_eval["miou"], ("pseudo", cfg.data.cam_split)))
+    if run.irnet_eval:
+        rows.append(("headline-irnet", f"IRNet labels mIoU on {cfg.data.cam_split}", run.irnet_eval["miou"],
+                     ("irnet", cfg.data.cam_split)))
     for seg in run.segmentation:
         rows.append((f"headline-seg-{seg.name}", f"final mIoU, {seg.label}", seg.scores["miou"],
                      ("deeplab_crf" if seg.scores["crf"] else "deeplab", seg.split)))
@@ -146,7 +149,7 @@ def curve(run: Run, baselines: dict[str, float | None], written: list[str | Path
 
 def iou(run: Run) -> Section:
     """One table per split, so that a table compares scores of the same images: CAMs at the fixed background
-    score, the pseudo labels (data.cam_split) and DeepLab's predictions of that split."""
+    score, the CRF and IRNet pseudo labels (data.cam_split) and DeepLab's predictions of that split."""
     tables = []
     for split in run.splits:
         columns = []
@@ -154,7 +157,9 @@ def iou(run: Run) -> Section:
         if ev:
             columns.append((f"CAM (background score {ev['background_score']:.2f})", ev["iou"], ev["miou"]))
         if run.pseudo_eval and split == run.cfg.data.cam_split:
-            columns.append(("pseudo labels", run.pseudo_eval["iou"], run.pseudo_eval["miou"]))
+            columns.append(("CRF pseudo labels", run.pseudo_eval["iou"], run.pseudo_eval["miou"]))
+        if run.irnet_eval and split == run.cfg.data.cam_split:
+            columns.append(("IRNet labels", run.irnet_eval["iou"], run.irnet_eval["miou"]))
         for seg in run.segmentation:
             if seg.split == split:
                 columns.append((seg.label, seg.scores["iou"], seg.scores["miou"]))

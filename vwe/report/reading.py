@@ -21,7 +21,7 @@ from vwe.run_folder import RunFolder
 SEED = 0
 T = TypeVar("T")
 # the training stages (vwe.stages.train_cam / train_seg NAME) and the network each trains
-TRAINED = {"train_cam": "classifier", "train_seg": "DeepLab"}
+TRAINED = {"train_cam": "classifier", "train_irn": "IRNet boundary network", "train_seg": "DeepLab"}
 
 
 @dataclass
@@ -47,7 +47,8 @@ class Run:
     config_text: str
     stages: dict[str, Any]
     cam_evals: dict[str, dict[str, Any]]  # split -> its CAM sweep (eval-cam), data.cam_split first
-    pseudo_eval: dict[str, Any] | None
+    pseudo_eval: dict[str, Any] | None  # the CRF pseudo labels of data.cam_split (make-pseudo)
+    irnet_eval: dict[str, Any] | None  # IRNet's labels of data.cam_split (make-sem-seg)
     segmentation: list[SegmentationResult]
     metrics: dict[str, list[dict[str, Any]]]  # training stage -> its metrics CSV's rows, for those that have one
 
@@ -76,7 +77,8 @@ def load_run(out_dir: str | Path) -> Run:
     metrics = {stage: _read_metrics(folder.metrics(stage)) for stage in TRAINED}
     return Run(folder, cfg, config_text, _read_json(folder.stages) or {},
                {s: scores for s, scores in cam_evals.items() if scores is not None},
-               _read_json(storage.join(folder.pseudo_label_scores, f"pseudo_{split}.json")), _segmentation(folder),
+               _read_json(storage.join(folder.pseudo_label_scores, f"pseudo_{split}.json")),
+               _read_json(storage.join(folder.sem_seg_label_scores, f"{split}.json")), _segmentation(folder),
                {stage: rows for stage, rows in metrics.items() if rows is not None})
 
 

@@ -1,6 +1,7 @@
 """The numbers a run's headline scores are compared with: the paper's on VOC, the README's measured demo on the
 synthetic benchmark. mIoU in %, keyed by (score, split): score "cam" (CAMs at the fixed background score), "pseudo"
-(pseudo labels), "deeplab" / "deeplab_crf" (DeepLab's predictions without / with the CRF).
+(the CRF pseudo labels), "irnet" (IRNet's labels), "deeplab" / "deeplab_crf" (DeepLab's predictions without / with
+the CRF).
 
 Sources:
 - VOC: METHOD.md §7 ("Numbers to reproduce"): the VWE poster and tables (the v1 ablation rows, ResNet-50 CAMs; VWE
@@ -45,7 +46,7 @@ PAPER: dict[str, tuple[str, dict[Key, Reference]]] = {
     "vwe+hspp": ("VWE v1, ResNet-50 CAMs", {
         ("cam", "train"): Reference(52.9, source=_POSTER),
         ("cam", "val"): Reference(52.0, source=_POSTER),
-        ("pseudo", "train"): Reference(67.7, source=f"{_POSTER}: VWE CAMs refined by IRNet"),
+        ("irnet", "train"): Reference(67.7, source=f"{_POSTER}: VWE CAMs refined by IRNet"),
         ("deeplab", "val"): Reference(66.3, source=f"{_POSTER}: DeepLab v2, ResNet-101, without CRF"),
         ("deeplab_crf", "val"): Reference(67.2, source=f"{_POSTER}: DeepLab v2, ResNet-101, with CRF")}),
     "vwl-l": ("VWL-L, ResNet-101 CAMs", {("cam", "train"): Reference(57.3, source=_V2),
@@ -61,7 +62,8 @@ DEMO: dict[Key, Reference] = {
     ("pseudo", "train"): Reference(53.5, 4.7, _DEMO),
     ("deeplab_crf", "val"): Reference(52.2, 6.2, _DEMO),
 }
-_DEMO_NAMES = {"cam": "CAMs", "pseudo": "pseudo labels", "deeplab": "DeepLab", "deeplab_crf": "DeepLab + CRF"}
+_DEMO_NAMES = {"cam": "CAMs", "pseudo": "CRF pseudo labels", "irnet": "IRNet labels", "deeplab": "DeepLab",
+               "deeplab_crf": "DeepLab + CRF"}
 
 
 def references(cfg: Config) -> References:
@@ -75,8 +77,5 @@ def references(cfg: Config) -> References:
             f"mean over training seeds 1, 2, 3; the sample standard deviations are {spreads}. A run with another "
             "config or size of the benchmark is not expected to match them.", DEMO)
     name, values = PAPER.get(cfg.model.variant, (cfg.model.variant, {}))
-    # the paper refines its CAMs with IRNet, this project with a dense CRF: say so where the number is shown
-    irnet = (" The pseudo-label number is the paper's CAMs refined by IRNet, not this project's CRF pseudo labels."
-             if any(score == "pseudo" for score, _ in values) else "")
     return References("reference: paper", f"Reference: the paper's numbers on PASCAL VOC 2012 for {name} "
-                      f"(METHOD.md §7), – where the sources give none.{irnet}", values)
+                      "(METHOD.md §7), – where the sources give none.", values)

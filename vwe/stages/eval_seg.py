@@ -30,6 +30,16 @@ def score_labels(cfg: Config, split: str, label_dir: str | Path, hint: str,
     return {"split": split, "images": int(totals["images"]), **summarize(totals["confusion"])}
 
 
+def write_label_scores(cfg: Config, split: str, label_dir: str | Path, hint: str, scores_dir: str | Path, name: str,
+                       unsure_as_background: bool = False, **fields: Any) -> dict[str, Any]:
+    """`score_labels` of `label_dir` with `fields` added, written as `<scores_dir>/<name>.json` and
+    `<name>_classes.csv`; returns the summary with the paths of those files."""
+    scores = score_labels(cfg, split, label_dir, hint, unsure_as_background)
+    summary = {**scores, **fields}
+    files = write_report(scores_dir, name, summary)
+    return {**summary, "files": {kind: str(path) for kind, path in files.items()}}
+
+
 def evaluate_predictions(cfg: Config, split: str | None = None, crf: bool | None = None,
                          pred_dir: str | Path | None = None) -> dict[str, Any]:
     """mIoU of the predictions of `split` (default data.eval_split; those of infer-seg unless `pred_dir`).
@@ -44,10 +54,8 @@ def evaluate_predictions(cfg: Config, split: str | None = None, crf: bool | None
         pred_dir = run.predictions(split, crf)
     else:
         name = f"{split}_{storage.name(pred_dir)}"
-    scores = score_labels(cfg, split, pred_dir, "run `vwe infer-seg` on this split first")
-    summary = {**scores, "crf": crf, "predictions": str(pred_dir)}
-    files = write_report(run.seg_scores, name, summary)
-    return {**summary, "files": {kind: str(path) for kind, path in files.items()}}
+    return write_label_scores(cfg, split, pred_dir, "run `vwe infer-seg` on this split first", run.seg_scores, name,
+                              crf=crf, predictions=str(pred_dir))
 
 
 def scores_file(cfg: Config) -> str | Path:

@@ -2,10 +2,11 @@
 palette PNGs in `<out_dir>/pseudo_labels/<id>.png` (0 background, 1..20 classes, 255 unsure) with a Parquet
 manifest; then their mIoU on data.cam_split (unsure pixels counted as background) in `<out_dir>/eval_labels/`.
 
-`pseudo.method: confident` (default) takes the CAM argmax at two background scores (0.30 keeps confident
-foreground, 0.05 confident background), refines both with a dense CRF over the image's classes + background only,
-and marks 255 where they disagree (METHOD §3). `threshold` takes the CAM argmax at `cam.background_score`,
-optionally refined by the CRF.
+`pseudo.method: confident` takes the CAM argmax at two background scores (0.30 keeps confident foreground, 0.05
+confident background), refines both with a dense CRF over the image's classes + background only, and marks 255
+where they disagree (METHOD §3); `irnet` (the default) makes the same labels, to train IRNet's boundary network on
+(`vwe.stages.train_irn`). `threshold` takes the CAM argmax at `cam.background_score`, optionally refined by the
+CRF.
 """
 from __future__ import annotations
 
@@ -20,10 +21,9 @@ from vwe.config import Config
 from vwe.crf import confident_pseudo_label, crf_labels
 from vwe.data.voc import IGNORE, read_image, write_mask
 from vwe.errors import DataError
-from vwe.evaluation import write_report
 from vwe.ray.data import Tasks, finish_manifest, map_items, objects
 from vwe.run_folder import RunFolder
-from vwe.stages.eval_seg import score_labels
+from vwe.stages.eval_seg import write_label_scores
 from vwe.stages.stage import Stage, label_done, split_items
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ def pseudo_label(cfg: Config, image: np.ndarray, cam_file: str) -> np.ndarray:
     if result.high_res.shape[1:] != image.shape[:2]:
         raise DataError(f"{cam_file}: CAM size {result.high_res.shape[1:]} differs from the image {image.shape[:2]}")
     pseudo = cfg.pseudo
-    if pseudo.method == "confident":
+    if pseudo.method in ("confident", "irnet"):  # IRNet trains on the confident labels
         return confident_pseudo_label(image, result.high_res, result.keys, pseudo.fg_background_score,
                                       pseudo.bg_background_score, pseudo.crf)
     label = cam_to_label(result.high_res, result.keys, cfg.cam.background_score)
@@ -90,11 +90,9 @@ def score_pseudo_labels(cfg: Config, split: str) -> dict[str, Any]:
     Writes `<out_dir>/eval_labels/pseudo_<split>.json` and `pseudo_<split>_classes.csv`.
     """
     run = RunFolder.of(cfg)
-    scores = score_labels(cfg, split, run.pseudo_labels, "make the pseudo labels of this split first",
-                          unsure_as_background=True)
-    summary = {**scores, "labels": str(run.pseudo_labels)}
-    files = write_report(run.pseudo_label_scores, f"pseudo_{split}", summary)
-    return {**summary, "files": {k: str(v) for k, v in files.items()}}
+    return write_label_scores(cfg, split, run.pseudo_labels, "make the pseudo labels of this split first",
+                              run.pseudo_label_scores, f"pseudo_{split}", unsure_as_background=True,
+                              labels=str(run.pseudo_labels))
 
 
 def run(cfg: Config) -> dict[str, Any]:

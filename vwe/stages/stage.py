@@ -2,7 +2,8 @@
 
 A stage module (IRNet's `step/` files) holds the stage's per-item code, the function a `vwe` command calls, and a
 `STAGE` that tells `vwe run` how to run it, whether its outputs are complete, what to delete before it runs afresh,
-and which config fields its outputs depend on (its fingerprint, recorded in stages.json).
+which config fields its outputs depend on (its fingerprint, recorded in stages.json), and whether the config uses
+it at all (IRNet's stages run only with pseudo.method = irnet).
 """
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ class Stage:
     is_complete: Callable[[Config], bool]  # outputs there and readable by the later stages
     outputs: Callable[[Config], list[PathLike]]  # deleted before the stage runs afresh
     depends_on: tuple[str, ...]  # config keys (or whole sections) its outputs depend on, beyond earlier stages
+    used: Callable[[Config], bool] = lambda cfg: True  # False: this config's pipeline leaves the stage out
 
     def fingerprint(self, cfg: Config) -> dict[str, Any]:
         return {key: _plain(cfg.get(key)) for key in self.depends_on}

@@ -34,8 +34,17 @@ NAME = "train_seg"
 
 
 def labels_dir(cfg: Config) -> str | Path:
-    """Where the training labels are: `seg.labels_dir`, by default `<out_dir>/pseudo_labels` (a folder or URI)."""
-    return storage.join(cfg.seg.labels_dir or RunFolder.of(cfg).pseudo_labels)
+    """Where the training labels are (a folder or URI): `seg.labels_dir`, by default IRNet's labels
+    (`<out_dir>/sem_seg_labels`) with pseudo.method = irnet, else `<out_dir>/pseudo_labels`."""
+    run = RunFolder.of(cfg)
+    return storage.join(cfg.seg.labels_dir or (run.sem_seg_labels if cfg.pseudo.method == "irnet" else
+                                               run.pseudo_labels))
+
+
+def _missing_labels_hint(cfg: Config) -> str:
+    if cfg.seg.labels_dir:
+        return "check seg.labels_dir"
+    return "run `vwe make-sem-seg` first" if cfg.pseudo.method == "irnet" else "run `vwe make-pseudo` first"
 
 
 def build_optimizer(model: DeepLabV2, seg: SegConfig) -> torch.optim.Optimizer:
@@ -108,7 +117,8 @@ def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None =
     if session.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     dataset = SegmentationDataset(cfg.data.root, cfg.data.train_split, labels_dir(cfg), crop_size=seg.crop_size,
-                                  scales=seg.scales, flip=seg.flip, caffe=caffe_input(seg), seed=seg.seed)
+                                  scales=seg.scales, flip=seg.flip, caffe=caffe_input(seg), seed=seg.seed,
+                                  hint=_missing_labels_hint(cfg))
     schedule = training.Schedule(
         batch_size=seg.batch_size, total_steps=seg.iterations, lr=seg.lr, poly_power=seg.poly_power, seed=seg.seed,
         log_every=seg.log_every, checkpoint_every=seg.checkpoint_every, loader_workers=seg.loader_workers,
@@ -136,7 +146,7 @@ def load_trained_deeplab(directory: str | Path, device: str | torch.device = "cp
 
 def check_inputs(cfg: Config) -> None:
     """What the workers will read, checked here first: the training split, its labels and the init weights."""
-    dataset = SegmentationDataset(cfg.data.root, cfg.data.train_split, labels_dir(cfg))
+    dataset = SegmentationDataset(cfg.data.root, cfg.data.train_split, labels_dir(cfg), hint=_missing_labels_hint(cfg))
     training.steps_per_epoch(len(dataset), cfg.seg.batch_size, cfg.data.train_split)
     if cfg.seg.pretrained:
         check_weights(cfg.seg.pretrained, key="seg.pretrained")
