@@ -124,6 +124,8 @@ BAD = [
     (["cam.bg_threshold=0.1"], "renamed to 'cam.background_score'"),
     (["pseudo.crf_iterations=5"], "renamed to 'pseudo.crf.iterations'"),
     (["train.batch_sise=8"], "train.batch_sise"),
+    (["synth.part_scale=0"], "synth.part_scale"),
+    (["synth.context_bias=1.5"], "synth.context_bias"),
     (["irn.backbone=resnet18"], "irn.backbone"),
     (["irn.init=coco"], "irn.init"),
     (["irn.init=classifier", "irn.pretrained="], "irn.pretrained"),

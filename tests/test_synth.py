@@ -1,6 +1,7 @@
 """The synthetic VOC-format benchmark: layout, determinism, the promised properties, and the `vwe data` commands."""
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,8 @@ def test_generation_is_deterministic(tmp_path):
     synth.generate(tmp_path / "b", splits, 48, 64, num_classes=6, seed=3, workers=2)
     synth.generate(tmp_path / "c", splits, 48, 64, num_classes=6, seed=4)
     a, b, c = _files(tmp_path / "a"), _files(tmp_path / "b"), _files(tmp_path / "c")
-    assert len(a) == 1 + 4 + 3 * 16 + 2 + 18  # marker, 4 lists, jpg + 2 png for 16 masked ids, 2 test jpg, 18 xml
+    assert len(a) == 1 + 4 + 4 * 16 + 2 + 18  # marker, 4 lists, jpg + 3 png (mask x 2, parts) for 16 masked ids,
+    #                                          2 test jpg, 18 xml
     assert a == b
     assert a.keys() == c.keys() and a["JPEGImages/2100_000001.jpg"] != c["JPEGImages/2100_000001.jpg"]
 
@@ -174,3 +176,32 @@ def test_cli_reports_a_broken_root(tmp_path, capsys):
     assert str(broken) in err and "cannot decode image" in err and len(err.strip().splitlines()) == 1
     assert vwe.cli.main(["data", "check", "--root", str(root), "--skip-bad"]) == 0
     assert "1 bad ids recorded" in capsys.readouterr().out
+
+
+def test_the_knobs_change_the_parts_and_the_context_and_their_defaults_change_nothing():
+    def areas(part_scale: float) -> float:
+        samples = [synth.render(np.random.default_rng((12, i)), 48, 64, part_scale=part_scale) for i in range(80)]
+        return np.mean([o.part_area / o.area for s in samples for o in s.objects if o.area])
+
+    assert areas(0.5) < 0.5 * areas(1.0) and areas(1.6) > 1.8 * areas(1.0)
+    for bias, expected in ((0.0, 0.0), (1.0, 1.0)):
+        samples = [synth.render(np.random.default_rng((13, i)), 48, 64, top_class=CLASSES.index("boat"),
+                                context_bias=bias) for i in range(30)]
+        assert np.mean(["water" in s.contexts or "grass" in s.contexts for s in samples]) == expected
+    # the defaults draw the images of the benchmark as it was before the knobs (this hash is of that code's image)
+    image = synth.render(np.random.default_rng((0, 0, 1)), 64, 64, 20, top_class=5).image
+    assert hashlib.sha256(image.tobytes()).hexdigest()[:16] == "d5951182369785d1"
+
+
+def test_part_masks_mark_each_visible_part_with_its_class(synth_root):
+    sample = synth.render(np.random.default_rng((14, 2)), 64, 64, 20)
+    for i, obj in enumerate(sample.objects, 1):
+        assert np.array_equal(sample.part_mask == obj.class_index + 1, np.isin(sample.parts, [
+            j for j, other in enumerate(sample.objects, 1) if other.class_index == obj.class_index]))
+    assert set(np.unique(sample.part_mask[sample.parts == 0])) == {0}
+    voc = VOCDataset(synth_root)
+    for image_id in voc.split_ids("val")[:8]:
+        parts, mask = read_mask(voc.part_path(image_id)), read_mask(voc.mask_path(image_id))
+        on_part = parts > 0
+        assert on_part.any() and np.all((mask[on_part] == parts[on_part]) | (mask[on_part] == IGNORE))
+    assert voc.part_path(voc.split_ids("test")[0]) is None  # no masks, no parts

@@ -101,6 +101,10 @@ class SynthConfig:
     width: Annotated[int, Range(16)] = 500
     splits: dict[str, NonNegative] = field(
         default_factory=lambda: {"train_aug": 2000, "train": 400, "val": 400, "test": 100})
+    # the two failure modes VWE targets, as knobs: the radius of each object's class-unique part relative to the
+    # benchmark's (1: about a tenth of the object), and P(a context class's background is drawn) (the context bias)
+    part_scale: PositiveFloat = 1.0
+    context_bias: Fraction = 0.85
 
 
 @dataclass

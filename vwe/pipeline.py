@@ -19,7 +19,6 @@ from typing import Any
 from vwe import storage
 from vwe.config import Config
 from vwe.errors import ConfigError
-from vwe.evaluation import write_rows
 from vwe.io import write_json
 from vwe.run_folder import RunFolder, RunLock
 from vwe.stages import STAGE_NAMES, STAGES, stages_of
@@ -76,29 +75,3 @@ def run(cfg: Config, force: tuple[str, ...] = (), until: str | None = None) -> d
                      f", {rate:.1f} images/s" if rate else "")
         write_json(folder.stages, records)
     return records
-
-
-# The paper's CAM ablation (mIoU %, VOC 2012 train, ResNet-50), METHOD §7
-PAPER_ABLATION = {"baseline": 48.3, "vwe": 51.1, "hspp": 50.6, "vwe+hspp": 52.9}
-
-
-def ablate(cfg: Config, variants: tuple[str, ...] = tuple(PAPER_ABLATION)) -> list[dict[str, Any]]:
-    """Trains each variant on the same data and seed up to the CAM evaluation; one row per variant.
-
-    Runs go to `<out_dir>/ablation/<variant>/`, the data is made (or checked) once; the table is written to
-    `<out_dir>/ablation/ablation.json` and `.csv`.
-    """
-    base = storage.join(cfg.out_dir, "ablation")
-    rows = []
-    for variant in variants:
-        variant_out = str(storage.join(base, variant.replace("+", "_")))
-        variant_cfg = cfg.with_overrides({"model.variant": variant, "out_dir": variant_out})
-        run(variant_cfg, until="eval_cam")
-        scores = storage.join(RunFolder.of(variant_cfg).cam_scores, f"{cfg.data.cam_split}.json")
-        summary = json.loads(storage.read_text(scores))
-        rows.append({"variant": variant, "cam_miou": round(100 * summary["miou"], 1),
-                     "best_cam_miou": round(100 * summary["best_miou"], 1), "best_threshold": summary["best_threshold"],
-                     "paper_voc_train": PAPER_ABLATION.get(variant)})
-    write_json(storage.join(base, "ablation.json"), rows)
-    write_rows(storage.join(base, "ablation.csv"), rows)
-    return rows

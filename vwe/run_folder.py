@@ -139,6 +139,11 @@ class RunFolder:
     def voc_server_archive(self, split: str, crf: bool) -> PathLike:
         return self._path("voc_server", f"{self.seg_score_name(split, crf)}.tar.gz")
 
+    # `vwe ablate`: a run folder per (variant, seed) below, the table and figure
+    @property
+    def ablation(self) -> PathLike:
+        return self._path("ablation")
+
     # the report
     @property
     def report(self) -> PathLike:

@@ -80,7 +80,8 @@ def _synth(args: argparse.Namespace) -> int:
     summary = generate(root, splits, height, width,
                        num_classes=args.num_classes if args.num_classes is not None else cfg.synth.num_classes,
                        seed=args.seed if args.seed is not None else cfg.synth.seed,
-                       workers=args.workers, check=args.check)
+                       part_scale=cfg.synth.part_scale, context_bias=cfg.synth.context_bias, workers=args.workers,
+                       check=args.check)
     if summary["reused"]:
         print(f"{root}: already holds this synthetic benchmark; nothing written")
     else:

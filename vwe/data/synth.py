@@ -1,7 +1,8 @@
 """A synthetic benchmark in the VOC 2012 devkit layout, built to show the failure modes that VWE targets.
 
 `generate` writes JPEGImages/*.jpg, SegmentationClass/*.png and SegmentationClassAug/*.png (palette masks with a
-255 band along every object boundary as in VOC, 2 pixels wide in 64-pixel images, 4 at 375), Annotations/*.xml
+255 band along every object boundary as in VOC, 2 pixels wide in 64-pixel images, 4 at 375), SegmentationParts/*.png
+(where each object's class-unique part is, for the ablation's diagnostics), Annotations/*.xml
 (VOC XML, one `<object>` per visible object) and ImageSets/Segmentation/{train,val,test,train_aug}.txt. `train` is
 the first part of `train_aug`; `val` and `test` are disjoint from it; `test` has images and XML but no masks. Ids
 look like VOC ids (2100_000001 for train_aug, 2101_... for val, 2102_... for test). Each image is a function of
@@ -49,12 +50,13 @@ from vwe.data.voc import BAD_FILES_REPORT, CLASSES, IGNORE, VOCDataset, encode_m
 from vwe.errors import ConfigError, DataError
 from vwe.io import atomic_path, write_json, write_text
 
+PARTS_FOLDER = "SegmentationParts"  # <id>.png: class + 1 on each object's class-unique part (diagnostics only)
 MARKER = "vwe_synth.json"  # written into the root: proves the folder is ours (so it may be regenerated)
-_FORMAT = 2  # 2: the classes of a group got far-apart part hues and angles
+_FORMAT = 3  # 2: the classes of a group got far-apart part hues and angles; 3: part masks, the two knobs
 SPLIT_YEARS = {"train_aug": 2100, "val": 2101, "test": 2102}
 OBJECT_COUNT_P = (0.5, 0.33, 0.17)  # 1, 2 or 3 objects per image
 CONTEXT_OF = {"aeroplane": "sky", "bird": "sky", "boat": "water", "cow": "grass", "horse": "grass", "sheep": "grass"}
-CONTEXT_P = 0.85  # P(the class's context is in the background | the class is in the image)
+CONTEXT_P = 0.85  # P(the class's context is in the background | the class is in the image): synth.context_bias
 STRAY_CONTEXT_P = 0.10  # P(some context area | no context class in the image)
 GROUP_PATTERNS = ("stripes", "checks", "dots", "waves", "rings")
 GROUP_COLOURS = (  # two muted colours per group body
@@ -126,22 +128,33 @@ class SynthImage:
     objects: list[SynthObject]  # every drawn object, in drawing order (the last one is on top)
     contexts: tuple[str, ...]  # context areas in the background ("sky", "water", "grass")
 
+    @property
+    def part_mask(self) -> np.ndarray:
+        """uint8 H x W: class + 1 where that class's unique part is visible, else 0 (SegmentationParts/)."""
+        labels_of = np.concatenate([[0], [o.class_index + 1 for o in self.objects]]).astype(np.uint8)
+        return labels_of[self.parts]
+
 
 def render(rng: np.random.Generator, height: int, width: int, num_classes: int = 20,
-           top_class: int | None = None) -> SynthImage:
-    """Draws one image with its mask; `top_class` fixes the class of the object drawn last (on top)."""
+           top_class: int | None = None, part_scale: float = 1.0, context_bias: float = CONTEXT_P) -> SynthImage:
+    """Draws one image with its mask; `top_class` fixes the class of the object drawn last (on top).
+
+    `part_scale` scales the radius of each object's class-unique part (1: about a tenth of the object's area);
+    `context_bias` is the probability that a context class's background (sky, water, grass) is drawn. The defaults
+    draw exactly the benchmark's images.
+    """
     spec = design(num_classes)
     count = int(rng.choice(len(OBJECT_COUNT_P), p=OBJECT_COUNT_P)) + 1
     classes = rng.integers(num_classes, size=count)
     if top_class is not None:
         classes[-1] = top_class
-    contexts = _pick_contexts(rng, classes, spec)
+    contexts = _pick_contexts(rng, classes, spec, context_bias)
     image = _background(rng, height, width, contexts)
     _clutter(rng, image)
     instances = np.zeros((height, width), np.uint8)
     parts = np.zeros((height, width), np.uint8)
     for index, class_index in enumerate(classes):
-        _paint_object(rng, image, instances, parts, index + 1, int(class_index), spec)
+        _paint_object(rng, image, instances, parts, index + 1, int(class_index), spec, part_scale)
     image *= rng.uniform(0.85, 1.15)
     image += rng.standard_normal((height, width, 1), dtype=np.float32) * 6.0  # luminance noise
     image = np.clip(image, 0, 255).astype(np.uint8)
@@ -160,10 +173,11 @@ def render(rng: np.random.Generator, height: int, width: int, num_classes: int =
     return SynthImage(image, mask, instances, parts, objects, contexts)
 
 
-def _pick_contexts(rng: np.random.Generator, classes: np.ndarray, spec: Design) -> tuple[str, ...]:
+def _pick_contexts(rng: np.random.Generator, classes: np.ndarray, spec: Design,
+                   context_bias: float = CONTEXT_P) -> tuple[str, ...]:
     wanted = sorted({spec.context_of[int(c)] for c in classes if int(c) in spec.context_of})
     if wanted:
-        chosen = [name for name in wanted if rng.random() < CONTEXT_P]
+        chosen = [name for name in wanted if rng.random() < context_bias]
     else:
         chosen = [str(rng.choice(["sky", "water", "grass"]))] if rng.random() < STRAY_CONTEXT_P else []
     ground = [name for name in chosen if name != "sky"]
@@ -237,7 +251,7 @@ def _clutter(rng: np.random.Generator, image: np.ndarray) -> None:
 
 
 def _paint_object(rng: np.random.Generator, image: np.ndarray, instances: np.ndarray, parts: np.ndarray,
-                  index: int, class_index: int, spec: Design) -> None:
+                  index: int, class_index: int, spec: Design, part_scale: float = 1.0) -> None:
     height, width = instances.shape
     a = rng.uniform(0.09, 0.3) * min(height, width)  # half-axes in pixels
     b = a * rng.uniform(0.6, 1.5)
@@ -268,7 +282,7 @@ def _paint_object(rng: np.random.Generator, image: np.ndarray, instances: np.nda
     light, dark = (np.asarray(c, np.float32) + rng.normal(0, 12, 3).astype(np.float32) for c in GROUP_COLOURS[group])
     body = np.where(pattern[..., None], light, dark) * (1 + 0.15 * np.clip(u / a, -1, 1))[..., None]
 
-    radius = max(1.5, rng.uniform(0.3, 0.42) * min(a, b))
+    radius = max(1.5, rng.uniform(0.3, 0.42) * min(a, b) * part_scale)
     pu, pv = rng.uniform(-0.5, 0.5) * a, rng.uniform(-0.5, 0.5) * b
     part = inside & ((u - pu) ** 2 + (v - pv) ** 2 <= radius ** 2)
     angle = spec.part_angles[class_index] + rng.uniform(-0.15, 0.15)
@@ -340,13 +354,15 @@ def _write_bytes(path: Path, data: bytes) -> None:
 
 
 def _write_chunk(root: Path, split: str, indices: range, height: int, width: int, num_classes: int,
-                 seed: int) -> int:
-    """Renders and writes images `indices` (1-based) of one split; image i depends only on (seed, split, i)."""
+                 seed: int, part_scale: float = 1.0, context_bias: float = CONTEXT_P) -> int:
+    """Renders and writes images `indices` (1-based) of one split; image i depends only on (seed, split, i) and
+    the knobs."""
     code = list(SPLIT_YEARS).index(split)
     for i in indices:
         image_id = f"{SPLIT_YEARS[split]}_{i:06d}"
         rng = np.random.default_rng((seed, code, i))
-        sample = render(rng, height, width, num_classes, top_class=(i - 1) % num_classes)
+        sample = render(rng, height, width, num_classes, top_class=(i - 1) % num_classes, part_scale=part_scale,
+                        context_bias=context_bias)
         buffer = io.BytesIO()
         Image.fromarray(sample.image).save(buffer, format="JPEG", quality=JPEG_QUALITY)
         _write_bytes(root / "JPEGImages" / f"{image_id}.jpg", buffer.getvalue())
@@ -355,6 +371,7 @@ def _write_chunk(root: Path, split: str, indices: range, height: int, width: int
             mask = encode_mask(sample.mask)
             _write_bytes(root / "SegmentationClass" / f"{image_id}.png", mask)
             _write_bytes(root / "SegmentationClassAug" / f"{image_id}.png", mask)
+            _write_bytes(root / PARTS_FOLDER / f"{image_id}.png", encode_mask(sample.part_mask))
         write_text(root / "Annotations" / f"{image_id}.xml", annotation_xml(image_id, sample, has_mask))
     return len(indices)
 
@@ -382,9 +399,10 @@ def _claim(root: Path, params: dict[str, Any]) -> bool:
             previous = json.loads(marker.read_text())
         except ValueError:
             previous = {}
-        if previous.get("params") == params and previous.get("complete"):
+        if previous.get("params") == params and previous.get("complete") and previous.get("format") == _FORMAT:
             return True
-        for folder in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", "Annotations", "ImageSets"):
+        for folder in ("JPEGImages", "SegmentationClass", "SegmentationClassAug", PARTS_FOLDER, "Annotations",
+                       "ImageSets"):
             shutil.rmtree(root / folder, ignore_errors=True)
         for name in (labels_cache("xml"), labels_cache("masks"), BAD_FILES_REPORT):
             (root / name).unlink(missing_ok=True)
@@ -396,12 +414,14 @@ def _claim(root: Path, params: dict[str, Any]) -> bool:
 
 
 def generate(root: str | Path, splits: dict[str, int], height: int, width: int, num_classes: int = 20,
-             seed: int = 0, *, workers: int = 1, check: bool = False) -> dict[str, Any]:
+             seed: int = 0, *, part_scale: float = 1.0, context_bias: float = CONTEXT_P, workers: int = 1,
+             check: bool = False) -> dict[str, Any]:
     """Writes the synthetic benchmark into `root` (the VOC2012 folder) and returns a summary.
 
     `splits` gives the image count per split: train_aug, train (the first ids of train_aug), val, test. A root
     that already holds this exact benchmark is left as it is; one holding another synthetic benchmark is
-    regenerated; any other non-empty folder is refused. `check` reads the result back with `VOCDataset.check`.
+    regenerated; any other non-empty folder is refused. `part_scale` and `context_bias` are `render`'s knobs.
+    `check` reads the result back with `VOCDataset.check`.
     """
     if not 1 <= num_classes <= len(CLASSES):
         raise ConfigError(f"synth.num_classes: expected 1..{len(CLASSES)}, got {num_classes}")
@@ -413,11 +433,15 @@ def generate(root: str | Path, splits: dict[str, int], height: int, width: int, 
                           "URI with synth.enabled=false")
     sizes = _split_sizes(splits)
     root = Path(root)
-    params = {"splits": sizes, "height": height, "width": width, "num_classes": num_classes, "seed": seed}
+    if part_scale <= 0 or not 0 <= context_bias <= 1:
+        raise ConfigError(f"synth: part_scale must be > 0 and context_bias in [0, 1], got {part_scale}, {context_bias}")
+    params = {"splits": sizes, "height": height, "width": width, "num_classes": num_classes, "seed": seed,
+              "part_scale": part_scale, "context_bias": context_bias}
     start = time.perf_counter()
     reused = _claim(root, params)
     if not reused:
-        tasks = [(root, split, range(lo, min(lo + _CHUNK, sizes[split] + 1)), height, width, num_classes, seed)
+        tasks = [(root, split, range(lo, min(lo + _CHUNK, sizes[split] + 1)), height, width, num_classes, seed,
+                  part_scale, context_bias)
                  for split in SPLIT_YEARS for lo in range(1, sizes[split] + 1, _CHUNK)]
         if workers > 1:
             with ProcessPoolExecutor(max_workers=workers) as pool:
@@ -436,6 +460,7 @@ def generate(root: str | Path, splits: dict[str, int], height: int, width: int, 
     spec = design(num_classes)
     summary: dict[str, Any] = {
         "root": str(root), "reused": reused, "splits": sizes, "size": [height, width], "seed": seed,
+        "part_scale": part_scale, "context_bias": context_bias,
         "classes": list(CLASSES[:num_classes]), "groups": spec.groups,
         "contexts": {CLASSES[c]: name for c, name in spec.context_of.items()},
         "images": images, "seconds": round(seconds, 3),

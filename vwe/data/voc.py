@@ -269,6 +269,13 @@ class VOCDataset:
                 return storage.join(self.root, folder, f"{image_id}.png")
         return None
 
+    def part_path(self, image_id: str) -> str | Path | None:
+        """SegmentationParts/<id>.png (where each object's class-unique part is; the synthetic benchmark only), else
+        None."""
+        if self._has_file("SegmentationParts", f"{image_id}.png"):
+            return storage.join(self.root, "SegmentationParts", f"{image_id}.png")
+        return None
+
     def annotation_path(self, image_id: str) -> str | Path:
         return storage.join(self.root, "Annotations", f"{image_id}.xml")
 

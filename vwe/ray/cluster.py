@@ -54,8 +54,11 @@ def quiet_worker(threads: float, out_dir: str | Path, role: str) -> None:
     quietened; and a log file of its own, `<out_dir>/logs/<role>-<pid>.log` (a local or NFS run folder only)."""
     import torch
 
+    import ray.data
+
     torch.set_num_threads(max(1, int(threads)))
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT, datefmt="%H:%M:%S")
+    ray.data.DataContext.get_current().enable_progress_bars = verbose()  # a trial that runs data stages itself
     _quiet_ray_loggers()
     if storage.is_uri(out_dir):
         return

@@ -22,6 +22,7 @@ import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import ray
@@ -294,6 +295,31 @@ def run_sweep(cfg: Config, space_path: str | Path, *, name: str | None = None, r
     return write_results(rows, base, space, sweep, eval_split)
 
 
+def run_side_by_side(function: Callable[[Config], Any], configs: list[Config], name: str,
+                     storage_path: str) -> None:
+    """Runs `function(cfg)` for every config, each as a Ray Tune trial, as many at once as the cluster holds (the
+    trial itself holds 0.01 CPU; the Train workers and actors of the stages it runs are placed as usual). A trial
+    that fails raises its error here. The trials keep their results in their own run folders: a trial is a
+    function of its config, and a re-run of a finished one should find its outputs complete."""
+    init_ray(configs[0].ray)
+    concurrent = _cluster_concurrency(configs[0])
+    log.info("%s: %d run(s), at most %d at once", name, len(configs), concurrent)
+    trainable = tune.with_resources(
+        tune.with_parameters(_call, function=function, configs=[cfg.to_dict() for cfg in configs]), {"cpu": 0.01})
+    tuner = tune.Tuner(
+        trainable, param_space={"index": tune.grid_search(list(range(len(configs))))},
+        tune_config=tune.TuneConfig(search_alg=BasicVariantGenerator(max_concurrent=concurrent)),
+        run_config=tune.RunConfig(name=name, storage_path=storage_path, verbose=0))
+    for result in tuner.fit():
+        if result.error is not None:
+            raise result.error
+
+
+def _call(config: dict[str, Any], function: Callable[[Config], Any], configs: list[dict[str, Any]]) -> None:
+    function(Config.from_dict(configs[config["index"]]))
+    tune.report({"done": 1})
+
+
 def _record_driver(sweep: Sweep) -> None:
     """Adds this driver's Ray job id to the sweep's `drivers.txt` (see `_remove_leftover_placement_groups`)."""
     path = sweep.file(DRIVERS_FILE)
@@ -338,7 +364,7 @@ def _prepare_data(cfg: Config, space: Space) -> None:
 
         synth = cfg.synth
         generate(cfg.data.root, synth.splits, synth.height, synth.width, num_classes=synth.num_classes,
-                 seed=synth.seed)
+                 seed=synth.seed, part_scale=synth.part_scale, context_bias=synth.context_bias)
     voc = VOCDataset(cfg.data.root)
     for split in {cfg.data.train_split, cfg.data.cam_split, space.eval_split or cfg.data.eval_split}:
         voc.split_ids(split)

@@ -58,7 +58,8 @@ def build_report(out_dir: str | Path, num_examples: int = 6, num_words: int = 16
     written: list[str | Path] = []
     sections = {"headline": page.headline(run, scores), "config": page.config(run),
                 "stages": page.stages(run, written), "losses": page.losses(run, written),
-                "curve": page.curve(run, scores, written), "iou": page.iou(run)}
+                "curve": page.curve(run, scores, written), "iou": page.iou(run),
+                "ablation": page.ablation(run, written)}
     if voc is None:
         sections |= {"examples": page.note(data_note), "words": page.note(data_note)}
     else:

@@ -1,5 +1,5 @@
-"""The report's charts, saved as PNGs: the CAM background-score curves, the training loss curves and the stage
-timings."""
+"""The report's charts, saved as PNGs: the CAM background-score curves, the training loss curves, the stage
+timings and the ablation over seeds."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -98,3 +98,23 @@ def _series(rows: list[dict[str, Any]], column: str) -> tuple[list[float], list[
     """(steps, values) of the rows that have `column` (epoch-end columns are empty in the other rows)."""
     kept = [row for row in rows if row.get(column) is not None and "step" in row]
     return [row["step"] for row in kept], [row[column] for row in kept]
+
+
+def plot_ablation(rows: list[dict[str, Any]], records: list[dict[str, Any]], path: Any, split: str,
+                  background_score: float) -> None:
+    """Each variant's CAM mIoU per seed (dots), its mean and SD (bar), and the paper's VOC number (cross)."""
+    fig = Figure(figsize=(7.5, 3.8), dpi=100, layout="constrained")
+    ax = fig.add_subplot()
+    for x, row in enumerate(rows):
+        values = [100 * r["cam_miou"] for r in records if r["variant"] == row["variant"]]
+        ax.errorbar([x], [row["cam_miou_mean"]], yerr=[row["cam_miou_sd"] or 0], fmt="s", color="tab:blue",
+                    capsize=6, label="mean ± SD over seeds" if x == 0 else None)
+        ax.plot([x] * len(values), values, ".", color="tab:blue", alpha=0.6, label="one seed" if x == 0 else None)
+        if row["paper_voc_train"] is not None:
+            ax.plot([x], [row["paper_voc_train"]], "x", color="tab:red",
+                    label="paper (VOC train, ResNet-50)" if x == 0 else None)
+    ax.set_xticks(range(len(rows)), [row["variant"] for row in rows])
+    ax.set_ylabel(f"CAM mIoU (%) on {split}")
+    ax.set_title(f"CAM ablation at background score {background_score:g}")
+    ax.legend(fontsize=8)
+    save_figure(fig, path)

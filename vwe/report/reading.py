@@ -51,6 +51,7 @@ class Run:
     irnet_eval: dict[str, Any] | None  # IRNet's labels of data.cam_split (make-sem-seg)
     segmentation: list[SegmentationResult]
     metrics: dict[str, list[dict[str, Any]]]  # training stage -> its metrics CSV's rows, for those that have one
+    ablation: dict[str, Any] | None  # `vwe ablate`'s table (ablation/ablation.json)
 
     @property
     def splits(self) -> list[str]:
@@ -79,7 +80,8 @@ def load_run(out_dir: str | Path) -> Run:
                {s: scores for s, scores in cam_evals.items() if scores is not None},
                _read_json(storage.join(folder.pseudo_label_scores, f"pseudo_{split}.json")),
                _read_json(storage.join(folder.sem_seg_label_scores, f"{split}.json")), _segmentation(folder),
-               {stage: rows for stage, rows in metrics.items() if rows is not None})
+               {stage: rows for stage, rows in metrics.items() if rows is not None},
+               _read_json(storage.join(folder.ablation, "ablation.json")))
 
 
 def cam_eval_file(folder: RunFolder, split: str) -> str | Path:

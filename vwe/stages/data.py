@@ -21,7 +21,8 @@ def run(cfg: Config) -> dict[str, Any]:
     if cfg.synth.enabled:
         synth = cfg.synth
         summary["synth"] = generate(cfg.data.root, synth.splits, synth.height, synth.width,
-                                    num_classes=synth.num_classes, seed=synth.seed)
+                                    num_classes=synth.num_classes, seed=synth.seed, part_scale=synth.part_scale,
+                                    context_bias=synth.context_bias)
         summary["synth"].pop("classes", None)
     report = VOCDataset(cfg.data.root).check(skip_bad=cfg.data.skip_bad, sbd_root=cfg.data.sbd_root or None)
     for note in report.notes:
