@@ -21,7 +21,9 @@ def test_bench_crf(ray_local, tmp_path):
     assert main(["bench", "crf", "--images", "2", "--size", "24x32", "--labels", "2", "3",
                  "--json", str(tmp_path / "crf.json")]) == 0
     rows = json.loads((tmp_path / "crf.json").read_text())
-    assert [r["labels"] for r in rows] == [2, 3] and all(r["s_per_image_1_core"] > 0 for r in rows)
+    assert [(r["crf"], r["labels"]) for r in rows] == [("label", 2), ("label", 3), ("softmax", 2), ("softmax", 3)]
+    assert all(r["pydensecrf_s_1_core"] > 0 and r["torch_cpu_s"] > 0 for r in rows)
+    assert all(r["agreement"] >= 0.995 for r in rows)  # the two backends give the same labels
 
 
 def test_bench_irn(tmp_path):

@@ -184,6 +184,19 @@ def test_infer_seg_with_crf_and_eval_seg_match_direct_computation(ray_local, tra
     assert json.loads(Path(summary["files"]["json"]).read_text())["miou"] == pytest.approx(summary["miou"])
 
 
+def test_infer_seg_with_the_torch_crf_in_its_actors_agrees_with_pydensecrf(ray_local, trained) -> None:
+    cfg, _ = trained
+    voc = VOCDataset(cfg.data.root)
+    ids = voc.split_ids("val")[6:10]
+    (Path(cfg.data.root) / "ImageSets" / "Segmentation" / "val4.txt").write_text("\n".join(ids) + "\n")
+    model, _ = train_seg.load_trained_deeplab(Path(cfg.out_dir) / "deeplab")
+    reference = {i: infer_seg.predict(model, read_image(voc.image_path(i)), cfg.seg, crf=True) for i in ids}
+    assert predict_split(cfg.with_overrides({"seg.crf.backend": "torch"}), "val4", crf=True)["processed"] == len(ids)
+    for image_id in ids:
+        predicted = read_mask(RunFolder(cfg.out_dir).prediction("val4", True, image_id))
+        assert np.mean(predicted == reference[image_id]) >= 0.995, image_id
+
+
 def test_eval_seg_equals_a_hand_computed_case(ray_local, tmp_path, capsys) -> None:
     root = tmp_path / "VOC2012"
     (root / "ImageSets" / "Segmentation").mkdir(parents=True)

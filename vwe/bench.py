@@ -147,48 +147,86 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _crf_task(seed: int, height: int, width: int, n_labels: int) -> float:
+def _crf_problem(seed: int, height: int, width: int, n_labels: int, kind: str):
+    """A random CRF input: an image of flat 40-pixel colour blocks with noise, and either a noisy label map of the
+    blocks (the label CRF) or a softmax over `n_labels` classes that favours each block's class (DeepLab's CRF)."""
     import numpy as np
 
-    from vwe.crf import crf_labels
-
     rng = np.random.default_rng(seed)
-    image = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
-    labels = rng.integers(0, n_labels, (height, width))
+    cells = rng.integers(0, 256, (max(2, -(-height // 40)), max(2, -(-width // 40)), 3), dtype=np.uint8)
+    image = np.kron(cells, np.ones((40, 40, 1), np.uint8))[:height, :width]
+    image = np.clip(image.astype(np.int16) + rng.integers(-12, 13, image.shape), 0, 255).astype(np.uint8)
+    regions = np.kron(rng.integers(0, n_labels, cells.shape[:2]), np.ones((40, 40), np.int64))[:height, :width]
+    if kind == "label":
+        return image, np.where(rng.random(regions.shape) < 0.2, rng.integers(0, n_labels, regions.shape), regions)
+    logits = rng.normal(0, 1, (n_labels, height, width)) + 2.5 * (regions[None] == np.arange(n_labels)[:, None, None])
+    probs = np.exp(logits - logits.max(0))
+    return image, (probs / probs.sum(0)).astype(np.float32)
+
+
+def _crf_task(seed: int, height: int, width: int, n_labels: int, kind: str, backend: str = "pydensecrf",
+              device: str = "cpu"):
+    """Seconds and labels of one CRF of `_crf_problem`, with the paper's parameters of `kind`."""
+    from vwe.crf import crf_labels, crf_probs
+
+    image, values = _crf_problem(seed, height, width, n_labels, kind)
     start = time.perf_counter()
-    crf_labels(image, labels, n_labels)
-    return time.perf_counter() - start
+    if kind == "label":
+        labels = crf_labels(image, values, n_labels, backend=backend, device=device)
+    else:
+        labels = crf_probs(image, values, backend=backend, device=device).argmax(0)
+    return time.perf_counter() - start, labels
 
 
-def bench_crf(images: int | None = None, height: int = 375, width: int = 500,
-              labels: tuple[int, ...] = (3, 21)) -> list[dict[str, Any]]:
-    """Dense CRF (IRNet parameters, 10 iterations) seconds per image on one core, and the speedup of running one
-    image per Ray task over all the machine's cores, as `vwe make-pseudo` does."""
+def bench_crf(images: int | None = None, height: int = 375, width: int = 500, labels: tuple[int, ...] = (3, 21),
+              batch_size: int = 8) -> list[dict[str, Any]]:
+    """The dense CRF (10 iterations) of both parameter sets (IRNet's label CRF, DeepLab's softmax CRF) on both
+    backends: pydensecrf s/image on one core and images/s over all cores (one Ray task per image, as make-pseudo);
+    the torch CRF s/image on the CPU at batch 1, and on the GPU (when there is one) at batch 1 and batched
+    (`batch_size` images per call, label CRF); and the share of pixels where the two backends agree (the minimum
+    over the images)."""
     import os
 
+    import numpy as np
     import ray
 
     from vwe.config import RayConfig
+    from vwe.crf import crf_labels_many
     from vwe.ray.cluster import init_ray
 
     cores = os.cpu_count() or 1
     count = images or 2 * cores
+    gpu = torch.cuda.is_available()
     init_ray(RayConfig(), num_cpus=cores)
     task = ray.remote(num_cpus=1)(_crf_task)
-    ray.get([task.remote(0, 16, 16, 2) for _ in range(cores)])  # workers up before timing
+    ray.get([task.remote(0, 16, 16, 2, "label") for _ in range(cores)])  # workers up before timing
     rows = []
-    for n_labels in labels:
-        start = time.perf_counter()
-        serial = [_crf_task(i, height, width, n_labels) for i in range(count)]
-        serial_wall = time.perf_counter() - start
-        start = time.perf_counter()
-        ray.get([task.remote(i, height, width, n_labels) for i in range(count)])
-        parallel_wall = time.perf_counter() - start
-        speedup = serial_wall / parallel_wall
-        rows.append({"image": f"{height}x{width}", "labels": n_labels, "images": count,
-                     "s_per_image_1_core": round(sum(serial) / count, 3), "cores": cores,
-                     "images_per_s_all_cores": round(count / parallel_wall, 2), "speedup": round(speedup, 2),
-                     "efficiency": round(speedup / cores, 2)})
+    for kind in ("label", "softmax"):
+        for n_labels in labels:
+            serial = [_crf_task(i, height, width, n_labels, kind) for i in range(count)]
+            start = time.perf_counter()
+            ray.get([task.remote(i, height, width, n_labels, kind) for i in range(count)])
+            parallel_wall = time.perf_counter() - start
+            torch_cpu = [_crf_task(i, height, width, n_labels, kind, "torch") for i in range(count)]
+            row = {"crf": kind, "image": f"{height}x{width}", "labels": n_labels, "images": count,
+                   "pydensecrf_s_1_core": round(float(np.mean([t for t, _ in serial])), 3), "cores": cores,
+                   "pydensecrf_img_s_all_cores": round(count / parallel_wall, 2),
+                   "torch_cpu_s": round(float(np.mean([t for t, _ in torch_cpu])), 3),
+                   "torch_gpu_s": None, "torch_gpu_batched_img_s": None,
+                   "agreement": round(min(float(np.mean(a == b)) for (_, a), (_, b) in zip(serial, torch_cpu)), 5)}
+            if gpu:
+                _crf_task(0, height, width, n_labels, kind, "torch", "cuda")  # warm-up
+                single = [_crf_task(i, height, width, n_labels, kind, "torch", "cuda")[0] for i in range(count)]
+                row["torch_gpu_s"] = round(float(np.mean(single)), 4)
+                if kind == "label":
+                    problems = [_crf_problem(i, height, width, n_labels, kind) for i in range(batch_size)]
+                    torch.cuda.synchronize()
+                    start = time.perf_counter()
+                    crf_labels_many([p[0] for p in problems], [p[1] for p in problems], [n_labels] * batch_size,
+                                    backend="torch", device="cuda")
+                    torch.cuda.synchronize()
+                    row["torch_gpu_batched_img_s"] = round(batch_size / (time.perf_counter() - start), 2)
+            rows.append(row)
     return rows
 
 

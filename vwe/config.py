@@ -69,6 +69,9 @@ class CrfConfig:
     """A dense CRF (pydensecrf's DenseCRF2D, METHOD §4): Potts Gaussian and bilateral kernels, mean-field steps."""
 
     enabled: bool = True
+    # pydensecrf (C++, one CPU core per image) | torch (`vwe.dense_crf`: the same CRF in PyTorch, batched on a GPU) |
+    # auto: torch where the stage runs on GPU actors (ray.use_gpu), pydensecrf on CPU tasks
+    backend: Literal["auto", "pydensecrf", "torch"] = "auto"
     iterations: Positive = 10
     gt_prob: Annotated[float, Range(0, 1, low_open=True, high_open=True)] = 0.7  # label unary only (pseudo labels)
     gaussian_sxy: PositiveFloat = 3.0
@@ -178,6 +181,8 @@ class PseudoLabelConfig:
     fg_background_score: Fraction = 0.30  # high background score: what beats it is confident foreground, METHOD §3
     bg_background_score: Fraction = 0.05  # low background score: where nothing beats it is confident background
     crf: CrfConfig = field(default_factory=CrfConfig)  # IRNet's: Gaussian 3/3, bilateral 50/5/10, unary 0.7
+    batch_size: Positive = 16  # images per CRF call of an actor of the torch backend
+    num_actors: NonNegative = 0  # actors of the torch backend; 0 = one per GPU (ray.use_gpu) or one on CPU
 
 
 @dataclass

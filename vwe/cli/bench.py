@@ -23,10 +23,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench_cam.add_argument("--batch-size", type=int, default=16)
     bench_cam.add_argument("--json", help="also write the table as JSON here")
     bench_cam.set_defaults(handler=_bench_cam)
-    bench_crf = bench_sub.add_parser("crf", help="dense CRF s/image on one core and the speedup on all cores")
+    bench_crf = bench_sub.add_parser("crf", help="dense CRF s/image of both backends (pydensecrf on one core and "
+                                                 "all cores, torch on CPU and GPU) and their label agreement")
     bench_crf.add_argument("--images", type=int, help="images per measurement (default 2 per core)")
     bench_crf.add_argument("--size", default="375x500", help="HxW (default 375x500, VOC's usual size)")
     bench_crf.add_argument("--labels", type=int, nargs="+", default=[3, 21], help="CRF label counts to time")
+    bench_crf.add_argument("--batch-size", type=int, default=8, help="images per batched GPU call")
     bench_crf.add_argument("--json", help="also write the table as JSON here")
     bench_crf.set_defaults(handler=_bench_crf)
     bench_irn = bench_sub.add_parser("irn", help="images/s and peak memory of IRNet's random walk, sparse vs dense")
@@ -59,7 +61,7 @@ def _bench_crf(args: argparse.Namespace) -> int:
 
     height, _, width = args.size.partition("x")
     return _table(args, bench_crf(images=args.images, height=int(height), width=int(width),
-                                  labels=tuple(args.labels)))
+                                  labels=tuple(args.labels), batch_size=args.batch_size))
 
 
 def _bench_irn(args: argparse.Namespace) -> int:

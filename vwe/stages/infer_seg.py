@@ -21,7 +21,7 @@ from torch import nn
 
 from vwe.checkpoint import read_export
 from vwe.config import Config, CrfConfig, SegConfig
-from vwe.crf import crf_probs
+from vwe.crf import Backend, crf_probs, resolve_backend
 from vwe.data.datasets import deeplab_input
 from vwe.data.voc import write_mask
 from vwe.models.deeplab import caffe_input, max_fusion, pyramid_logits
@@ -46,14 +46,21 @@ def fused_logits(model: nn.Module, image: np.ndarray, scales: Sequence[float], c
     return logits[0].float().cpu()
 
 
-def logits_to_label(logits: torch.Tensor, image: np.ndarray, crf: CrfConfig | None = None) -> np.ndarray:
+def logits_to_label(logits: torch.Tensor, image: np.ndarray, crf: CrfConfig | None = None,
+                    backend: Backend = "pydensecrf", device: torch.device | str = "cpu") -> np.ndarray:
     """uint8 H x W labels: logits bilinearly upsampled to the image, then argmax (of the CRF marginals of their
-    softmax when `crf` is given)."""
+    softmax when `crf` is given, with that CRF backend on `device`)."""
     upsampled = F.interpolate(logits[None].float(), size=image.shape[:2], mode="bilinear", align_corners=False)[0]
     if crf is None:
         return upsampled.argmax(dim=0).to(torch.uint8).numpy()
     probs = torch.softmax(upsampled, dim=0).numpy()
-    return crf_probs(image, probs, crf).argmax(axis=0).astype(np.uint8)
+    return crf_probs(image, probs, crf, backend, device).argmax(axis=0).astype(np.uint8)
+
+
+def crf_on_actors(cfg: Config, crf: bool) -> bool:
+    """Whether the CRF runs in the prediction actors (the torch backend; auto: with ray.use_gpu) rather than in
+    one CPU task per image (pydensecrf)."""
+    return crf and resolve_backend(cfg.seg.crf, cfg.ray.use_gpu) == "torch"
 
 
 def predict(model: nn.Module, image: np.ndarray, seg: SegConfig, crf: bool = False,
@@ -66,9 +73,10 @@ def predict(model: nn.Module, image: np.ndarray, seg: SegConfig, crf: bool = Fal
 class SegPredictor:
     """Loads the trained DeepLab once; each call gives the fused logits of a batch of decoded images."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, crf: bool = False):
         quiet_worker(cfg.ray.cpus_per_worker, cfg.out_dir, "infer_seg")
         self.cfg = cfg
+        self.crf = crf_on_actors(cfg, crf)  # the torch CRF runs here, on the actor's device
         self.device = torch.device("cuda" if cfg.ray.use_gpu else "cpu")
         self.model, trained = load_trained_deeplab(RunFolder.of(cfg).deeplab, self.device)
         self.seg = trained.seg  # the network's own input convention, whatever the current config says
@@ -81,19 +89,27 @@ class SegPredictor:
                   fused_logits(self.model, image, self.cfg.seg.test_scales, caffe_input(self.seg), self.device,
                                self.cfg.seg.amp).numpy()
                   for image, error in zip(batch["image"], batch["error"])]
-        seconds = (time.perf_counter() - start) / max(1, len(logits))
-        return {"id": batch["id"], "path": batch["path"], "error": batch["error"], "image": batch["image"],
-                "logits": objects(logits), "seconds": np.full(len(logits), seconds)}
+        out = {"id": batch["id"], "path": batch["path"], "error": batch["error"], "image": batch["image"]}
+        if self.crf:
+            out["label"] = objects([np.zeros((1, 1), np.uint8) if error else
+                                    logits_to_label(torch.from_numpy(x), image, self.cfg.seg.crf, "torch", self.device)
+                                    for x, image, error in zip(logits, batch["image"], batch["error"])])
+        else:
+            out["logits"] = objects(logits)
+        out["seconds"] = np.full(len(logits), (time.perf_counter() - start) / max(1, len(logits)))
+        return out
 
 
 def write_labels(batch: dict[str, np.ndarray], cfg: Config, split: str, crf: bool) -> dict[str, np.ndarray]:
     """A task step: upsamples (and CRFs) the logits of a batch, writes each label PNG; returns the manifest rows."""
     run = RunFolder.of(cfg)
     heights, widths, label_seconds = [], [], []
-    for image_id, image, logits, error in zip(batch["id"], batch["image"], batch["logits"], batch["error"]):
+    done = batch.get("label")  # the prediction actors ran the torch CRF already
+    for i, (image_id, image, error) in enumerate(zip(batch["id"], batch["image"], batch["error"])):
         start = time.perf_counter()
         if not error:
-            label = logits_to_label(torch.from_numpy(writable(logits)), image, cfg.seg.crf if crf else None)
+            label = done[i] if done is not None else logits_to_label(torch.from_numpy(writable(batch["logits"][i])),
+                                                                     image, cfg.seg.crf if crf else None)
             write_mask(run.prediction(split, crf, image_id), label)
         heights.append(image.shape[0])
         widths.append(image.shape[1])
@@ -114,13 +130,15 @@ def predict_split(cfg: Config, split: str | None = None, crf: bool | None = None
         read_export(run.deeplab, "train-seg")  # a missing or truncated model.pth is named here, not in an actor
     batch = cfg.seg.infer_batch_size
     items = [{"id": item["id"], "path": item["path"]} for item in todo]
-    # the CRF takes seconds per image: one image per task spreads it over every core of the cluster (on the CPU
-    # nodes when ray.crf_resource marks them, as for make-pseudo)
+    # pydensecrf takes seconds per image: one image per task spreads it over every core of the cluster (on the CPU
+    # nodes when ray.crf_resource marks them, as for make-pseudo); the torch CRF runs in the actors instead
+    crf_tasks = crf and not crf_on_actors(cfg, crf)
     rows = map_items(items, [
         Tasks(read_images, batch),
-        Actors(SegPredictor, batch, {"cfg": cfg}, cfg.seg.num_actors, cfg.ray.use_gpu),
-        Tasks(write_labels, 1 if crf else batch, {"cfg": cfg, "split": split, "crf": crf},
-              cfg.ray.crf_resource if crf else "")], cfg.ray, f"infer-seg {split}{' + CRF' if crf else ''}", len(done))
+        Actors(SegPredictor, batch, {"cfg": cfg, "crf": crf}, cfg.seg.num_actors, cfg.ray.use_gpu),
+        Tasks(write_labels, 1 if crf_tasks else batch, {"cfg": cfg, "split": split, "crf": crf},
+              cfg.ray.crf_resource if crf_tasks else "")], cfg.ray, f"infer-seg {split}{' + CRF' if crf else ''}",
+        len(done))
     predictions = run.predictions(split, crf)
     summary = finish_manifest("infer-seg", rows, len(done), run.manifest(predictions), cfg.data.skip_bad)
     return {"split": split, "crf": crf, "predictions": str(predictions), **summary}

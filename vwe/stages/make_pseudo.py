@@ -1,6 +1,7 @@
-"""Stage 3 (IRNet's cam_to_ir_label): CAMs -> pseudo labels for DeepLab, one single-core CRF task per image, as
-palette PNGs in `<out_dir>/pseudo_labels/<id>.png` (0 background, 1..20 classes, 255 unsure) with a Parquet
-manifest; then their mIoU on data.cam_split (unsure pixels counted as background) in `<out_dir>/eval_labels/`.
+"""Stage 3 (IRNet's cam_to_ir_label): CAMs -> pseudo labels for DeepLab, one single-core CRF task per image (or,
+with crf.backend torch, or auto and ray.use_gpu, batches of images on actors with `vwe.dense_crf`), as palette PNGs
+in `<out_dir>/pseudo_labels/<id>.png` (0 background, 1..20 classes, 255 unsure) with a Parquet manifest; then
+their mIoU on data.cam_split (unsure pixels counted as background) in `<out_dir>/eval_labels/`.
 
 `pseudo.method: confident` takes the CAM argmax at two background scores (0.30 keeps confident foreground, 0.05
 confident background), refines both with a dense CRF over the image's classes + background only, and marks 255
@@ -15,13 +16,15 @@ import time
 from typing import Any
 
 import numpy as np
+import torch
 
-from vwe.cam import cam_is_complete, cam_to_label, load_cam
+from vwe.cam import CamResult, cam_is_complete, cam_to_label, load_cam
 from vwe.config import Config
-from vwe.crf import confident_pseudo_label, crf_labels
+from vwe.crf import confident_pseudo_labels, crf_labels_many, resolve_backend
 from vwe.data.voc import IGNORE, read_image, write_mask
 from vwe.errors import DataError
-from vwe.ray.data import Tasks, finish_manifest, map_items, objects
+from vwe.ray.cluster import quiet_worker
+from vwe.ray.data import Actors, Tasks, finish_manifest, map_items, objects, read_images, writable
 from vwe.run_folder import RunFolder
 from vwe.stages.eval_seg import write_label_scores
 from vwe.stages.stage import Stage, label_done, split_items
@@ -29,42 +32,72 @@ from vwe.stages.stage import Stage, label_done, split_items
 log = logging.getLogger(__name__)
 
 
-def pseudo_label(cfg: Config, image: np.ndarray, cam_file: str) -> np.ndarray:
-    """The pseudo label of one image from its saved CAMs."""
-    result = load_cam(cam_file)
-    if result.high_res.shape[1:] != image.shape[:2]:
-        raise DataError(f"{cam_file}: CAM size {result.high_res.shape[1:]} differs from the image {image.shape[:2]}")
+def pseudo_labels(cfg: Config, images: list[np.ndarray], cams: list[CamResult],
+                  device: str | torch.device = "cpu") -> list[np.ndarray]:
+    """The pseudo labels of images from their saved CAMs; with the torch CRF, every CRF of the batch in one call."""
     pseudo = cfg.pseudo
+    backend = resolve_backend(pseudo.crf, gpu=torch.device(device).type == "cuda")
     if pseudo.method in ("confident", "irnet"):  # IRNet trains on the confident labels
-        return confident_pseudo_label(image, result.high_res, result.keys, pseudo.fg_background_score,
-                                      pseudo.bg_background_score, pseudo.crf)
-    label = cam_to_label(result.high_res, result.keys, cfg.cam.background_score)
-    if not pseudo.crf.enabled or len(result.keys) == 0:
-        return label
-    # CRF over the image's classes + background only: indices 0..K, mapped back to class labels after
-    classes = np.concatenate([[0], result.keys + 1]).astype(np.uint8)
-    refined = crf_labels(image, np.searchsorted(classes, label), len(classes), pseudo.crf)
-    return classes[refined]
+        return confident_pseudo_labels(images, [c.high_res for c in cams], [c.keys for c in cams],
+                                       pseudo.fg_background_score, pseudo.bg_background_score, pseudo.crf, backend,
+                                       device)
+    labels = [cam_to_label(c.high_res, c.keys, cfg.cam.background_score) for c in cams]
+    if not pseudo.crf.enabled:
+        return labels
+    # CRF over each image's classes + background only: indices 0..K, mapped back to class labels after
+    classes = [np.concatenate([[0], c.keys + 1]).astype(np.uint8) for c in cams]
+    refined = crf_labels_many(images, [np.searchsorted(c, label) for c, label in zip(classes, labels)],
+                              [len(c) for c in classes], pseudo.crf, backend, device)
+    return [c[label] for c, label in zip(classes, refined)]
 
 
-def label_batch(batch: dict[str, np.ndarray], cfg: Config) -> dict[str, np.ndarray]:
-    """A task step: the pseudo labels of a batch of {"id", "path"}, written as PNGs; one manifest row per id."""
+def label_batch(batch: dict[str, np.ndarray], cfg: Config, device: str | torch.device = "cpu") -> dict[str, np.ndarray]:
+    """A step: the pseudo labels of a batch of {"id", "path"} (and "image", "error" when `read_images` decoded them
+    already), written as PNGs; one manifest row per id."""
+    start = time.perf_counter()
     run = RunFolder.of(cfg)
-    rows: dict[str, list] = {"id": [], "path": [], "error": [], "foreground": [], "unsure": [], "seconds": []}
-    for image_id, path in zip(batch["id"], batch["path"]):
-        start = time.perf_counter()
-        error, foreground, unsure = "", 0.0, 0.0
+    errors = list(batch["error"]) if "error" in batch else [""] * len(batch["id"])
+    images: dict[int, np.ndarray] = {}
+    cams: dict[int, CamResult] = {}
+    for i, (image_id, path) in enumerate(zip(batch["id"], batch["path"])):
+        if errors[i]:
+            continue
         try:
-            label = pseudo_label(cfg, read_image(path), str(run.cam(image_id)))
-            write_mask(run.pseudo_label(image_id), label)
-            foreground = float(np.mean((label > 0) & (label != IGNORE)))
-            unsure = float(np.mean(label == IGNORE))
+            images[i] = writable(batch["image"][i]) if "image" in batch else read_image(path)
+            cams[i] = load_cam(run.cam(image_id))
+            if cams[i].high_res.shape[1:] != images[i].shape[:2]:
+                raise DataError(f"{run.cam(image_id)}: CAM size {cams[i].high_res.shape[1:]} differs from the image "
+                                f"{images[i].shape[:2]}")
         except DataError as err:
-            error = str(err)
-        for key, value in zip(rows, (image_id, path, error, foreground, unsure, time.perf_counter() - start)):
-            rows[key].append(value)
-    return {key: objects(values) if key in ("id", "path", "error") else np.array(values)
-            for key, values in rows.items()}
+            errors[i] = str(err)
+            cams.pop(i, None)
+    good = sorted(cams)
+    foreground, unsure = np.zeros(len(errors)), np.zeros(len(errors))
+    for i, label in zip(good, pseudo_labels(cfg, [images[i] for i in good], [cams[i] for i in good], device)):
+        write_mask(run.pseudo_label(batch["id"][i]), label)
+        foreground[i] = float(np.mean((label > 0) & (label != IGNORE)))
+        unsure[i] = float(np.mean(label == IGNORE))
+    seconds = (time.perf_counter() - start) / max(1, len(errors))
+    return {"id": objects(list(batch["id"])), "path": objects(list(batch["path"])), "error": objects(errors),
+            "foreground": foreground, "unsure": unsure, "seconds": np.full(len(errors), seconds)}
+
+
+class CrfLabeler:
+    """make-pseudo with the torch CRF: an actor (on a GPU with ray.use_gpu) that refines a whole batch of images in
+    one call."""
+
+    def __init__(self, cfg: Config):
+        quiet_worker(cfg.ray.cpus_per_worker, cfg.out_dir, "make_pseudo")
+        self.cfg = cfg
+        self.device = torch.device("cuda" if cfg.ray.use_gpu else "cpu")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return label_batch(batch, self.cfg, self.device)
+
+
+def uses_crf_actors(cfg: Config) -> bool:
+    """Whether the CRFs run batched on actors: the CRF is on and its backend is torch (auto: with ray.use_gpu)."""
+    return cfg.pseudo.crf.enabled and resolve_backend(cfg.pseudo.crf, cfg.ray.use_gpu) == "torch"
 
 
 def make_pseudo_labels(cfg: Config, split: str | None = None) -> dict[str, Any]:
@@ -76,10 +109,15 @@ def make_pseudo_labels(cfg: Config, split: str | None = None) -> dict[str, Any]:
     if no_cam:
         raise DataError(f"make-pseudo: {len(no_cam)} image(s) have no CAM file in {run.cams}, e.g. {no_cam[0]}: "
                         f"run `vwe make-cam --split {split}` first")
-    # one image per task and one core each: the CRF is single-threaded, so this scales with the cluster's CPUs
     items = [{"id": item["id"], "path": item["path"]} for item in todo]
-    rows = map_items(items, [Tasks(label_batch, 1, {"cfg": cfg}, cfg.ray.crf_resource)], cfg.ray,
-                     f"make-pseudo {split} ({cfg.pseudo.method})", len(done))
+    if uses_crf_actors(cfg):
+        batch = cfg.pseudo.batch_size
+        steps = [Tasks(read_images, batch),
+                 Actors(CrfLabeler, batch, {"cfg": cfg}, cfg.pseudo.num_actors, cfg.ray.use_gpu)]
+    else:
+        # one image per task and one core each: pydensecrf is single-threaded, so this scales with the CPUs
+        steps = [Tasks(label_batch, 1, {"cfg": cfg}, cfg.ray.crf_resource)]
+    rows = map_items(items, steps, cfg.ray, f"make-pseudo {split} ({cfg.pseudo.method})", len(done))
     manifest = run.manifest(run.pseudo_labels)
     return {"split": split, **finish_manifest("make-pseudo", rows, len(done), manifest, cfg.data.skip_bad)}
 
