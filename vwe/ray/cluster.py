@@ -52,9 +52,8 @@ def quiet_worker(threads: float, out_dir: str | Path, role: str) -> None:
     """Settings of a process that runs stage work for Ray (a Train worker, a Data actor): the torch thread count
     fixed to its CPU share, so its numbers do not depend on what else runs on the node; Ray's chatty loggers
     quietened; and a log file of its own, `<out_dir>/logs/<role>-<pid>.log` (a local or NFS run folder only)."""
-    import torch
-
     import ray.data
+    import torch
 
     torch.set_num_threads(max(1, int(threads)))
     logging.basicConfig(level=logging.INFO, format=_LOG_FORMAT, datefmt="%H:%M:%S")

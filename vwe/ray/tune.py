@@ -1,5 +1,6 @@
 """Hyper-parameter sweeps on Ray Tune: each trial trains the classifier on Ray Train, makes the CAMs of a held-out
-split and reports their mIoU at the best background threshold.
+split and reports their mIoU at the best background threshold. `run_side_by_side` runs any function of a config
+as such trials (`vwe ablate`'s runs).
 
 Ray 2.60 (Train V2) shapes the design:
 - `Tuner(TorchTrainer)` is not supported. A trial is a small driver function (`_trial`) that runs `vwe.ray.train.fit`
@@ -21,8 +22,8 @@ import math
 import os
 import re
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import ray
