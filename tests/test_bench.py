@@ -4,26 +4,24 @@ import json
 from vwe.cli import main
 
 
-def test_bench_train(tmp_path, capsys):
-    assert main(["bench", "train", "--steps", "2", "--json", str(tmp_path / "train.json")]) == 0
-    assert "full_step_img_s" in capsys.readouterr().out
-    (row,) = json.loads((tmp_path / "train.json").read_text())
-    assert row["backbone"] == "resnet-tiny" and row["model_step_img_s"] > 0 and row["full_step_img_s"] > 0
-
-
-def test_bench_cam(tmp_path, capsys):
-    assert main(["bench", "cam", "--images", "4", "--batch-size", "2", "--json", str(tmp_path / "cam.json")]) == 0
-    (row,) = json.loads((tmp_path / "cam.json").read_text())
-    assert row["max_abs_diff"] < 1e-2 and row["batched_img_s"] > 0
-
-
-def test_bench_crf(ray_local, tmp_path):
-    assert main(["bench", "crf", "--images", "2", "--size", "24x32", "--labels", "2", "3",
-                 "--json", str(tmp_path / "crf.json")]) == 0
-    rows = json.loads((tmp_path / "crf.json").read_text())
-    assert [(r["crf"], r["labels"]) for r in rows] == [("label", 2), ("label", 3), ("softmax", 2), ("softmax", 3)]
-    assert all(r["pydensecrf_s_1_core"] > 0 and r["torch_cpu_s"] > 0 for r in rows)
-    assert all(r["agreement"] >= 0.995 for r in rows)  # the two backends give the same labels
+def test_bench_all_measures_every_stage_in_one_process(ray_local, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", "all", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    report = json.loads(out.read_text())
+    assert report["quick"] is True and report["errors"] == {} and report["device"].startswith("CPU")
+    assert list(report["sections"]) == ["train", "cam", "deeplab", "crf", "irn"] and "## deeplab" in printed
+    train = report["sections"]["train"]
+    assert [(r["settings"], r["compiled"], r["input"]) for r in train] == [
+        ("fp32", False, "model"), ("fast", False, "model"), ("fast", False, "host"), ("fast", False, "device"),
+        ("fast", True, "model"), ("fast", True, "device")]
+    for section in ("train", "cam", "deeplab"):
+        assert all(r["img_s"] > 0 and r["peak_mb"] > 0 and r["device"] == report["device"]
+                   for r in report["sections"][section])
+    cams = {r["settings"]: r for r in report["sections"]["cam"]}
+    assert cams["batched"]["max_abs_diff"] < 1e-4 and cams["fast"]["max_abs_diff"] < 1e-2
+    assert all(r["agreement"] >= 0.995 for r in report["sections"]["crf"])
+    assert report["sections"]["irn"][0]["max_rel_diff"] < 1e-4
 
 
 def test_bench_irn(tmp_path):

@@ -13,9 +13,9 @@ from vwe.cam import (
     load_cam,
     multiscale_cam,
     normalize_image,
-    pil_bicubic_resize,
     save_cam,
 )
+from vwe.data.pil_resize import pil_bicubic_resize
 from vwe.errors import DataError
 
 

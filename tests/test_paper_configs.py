@@ -50,8 +50,9 @@ PAPER = {
               "model.pretrained": "https://download.pytorch.org/models/resnet101-5d3b4d8f.pth",
               "model.memory_momentum": 1e-3, "cam.background_score": 0.13, "cam.classifier_epoch": 0},
 }
-FAST = {"train.amp": True, "train.channels_last": True, "train.compile": True, "cam.amp": True, "irn.amp": True,
-        "seg.amp": True, "seg.channels_last": True, "seg.compile": True}
+FAST = {"train.amp": True, "train.channels_last": True, "train.compile": True, "train.fuse_bn": True, "cam.amp": True,
+        "cam.channels_last": True, "irn.amp": True, "seg.amp": True, "seg.channels_last": True, "seg.compile": True,
+        "seg.fuse_bn": True}
 
 
 def _value(cfg, key):

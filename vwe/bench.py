@@ -1,21 +1,27 @@
 """Throughput benchmarks (`vwe bench ...`). Speed targets live here, never in tests."""
 from __future__ import annotations
 
+import copy
+import functools
 import logging
+import os
+import resource
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
+from vwe.accelerator import Accelerator
 from vwe.config import Config
 from vwe.data.datasets import ClassificationDataset
 from vwe.data.synth import generate
+from vwe.io import write_json
 from vwe.models import build_classifier
 from vwe.stages.train_cam import build_optimizer, train_step
-from vwe.training import EpochBatchSampler
 
 log = logging.getLogger(__name__)
 
@@ -26,79 +32,106 @@ def device_name(device: torch.device) -> str:
     return f"CPU ({torch.get_num_threads()} threads)"
 
 
-def _timed_steps(cfg: Config, device: torch.device, batches, steps: int, warmup: int) -> float:
-    """Images/s of `steps` training steps after `warmup` ones; `batches` yields dicts with image and labels."""
-    model = build_classifier(cfg).to(device)
-    if device.type == "cuda" and cfg.train.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    model.train()
-    optimizer = build_optimizer(model, cfg.train)
-    iterator = iter(batches)
-    images = 0
-    for i in range(warmup + steps):
-        if i == warmup:
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-            start = time.perf_counter()
-        batch = next(iterator)
-        train_step(model, batch, optimizer, cfg)
-        if i >= warmup:
-            images += len(batch["image"])
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory since the last `_reset_peak`: allocated on a GPU; on the CPU the process's resident peak (the
+    whole run so far, as the kernel reports it)."""
     if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return images / (time.perf_counter() - start)
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10, 1)
+
+
+def _timed(step: Callable[[Any], Any], batches: Iterator[Any], steps: int, warmup: int, device: torch.device,
+           images: int) -> tuple[float, float, float]:
+    """(images/s, peak MB, warm-up seconds) of `steps` calls of `step` on the next batch after `warmup` untimed ones
+    (the warm-up holds a compile)."""
+    _reset_peak(device)
+    start = time.perf_counter()
+    for _ in range(warmup):
+        step(next(batches))
+    _sync(device)
+    warm = time.perf_counter() - start
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(next(batches))
+    _sync(device)
+    return images * steps / (time.perf_counter() - start), peak_memory_mb(device), warm
 
 
 def bench_train(backbones: list[str] | None = None, batch_size: int | None = None, size: int | None = None,
                 steps: int = 20, loader_workers: int | None = None, data_root: str | None = None,
-                warmup: int = 3) -> list[dict[str, Any]]:
-    """Images/s of the classifier training step (model alone, and with data loading) for each backbone."""
+                warmup: int = 3, compile: bool = True) -> list[dict[str, Any]]:
+    """Images/s and peak memory of the classifier training step (`train_cam.train_step`, the real one) for each
+    backbone: fp32 as the authors ran it, then the fast settings (bf16 autocast on a GPU, channels_last, folded
+    frozen BN), eager and compiled; each with the model alone (a batch already on the device), and with the input
+    pipeline: PIL augmentation in `loader_workers` DataLoader processes (host), or decoding there and augmenting
+    on the device (device). A compiled model's first steps compile: `warmup_s` says how long that took."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
     backbones = backbones or (["resnet50", "resnet101"] if gpu else ["resnet-tiny"])
     batch_size = batch_size or (16 if gpu else 4)
     size = size or (512 if gpu else 64)
-    loader_workers = loader_workers if loader_workers is not None else (8 if gpu else 0)
+    if loader_workers is None:
+        loader_workers = min(12, max(1, (os.cpu_count() or 1) - 2)) if gpu else 0
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         if data_root is None:
             data_root = str(Path(tmp) / "VOC2012")
             count = batch_size * (warmup + steps)
             height, width = (375, 500) if gpu else (size, size)
-            log.info("generating %d synthetic %dx%d images for the loader benchmark", count, height, width)
-            generate(data_root, {"train_aug": count, "train": 1, "val": 1, "test": 1}, height, width, seed=0)
+            log.info("generating %d synthetic %dx%d images for the input pipeline", count, height, width)
+            generate(data_root, {"train_aug": count, "train": 1, "val": 1, "test": 1}, height, width, seed=0,
+                     workers=max(1, min(8, os.cpu_count() or 1)))
+        fast = {"train.amp": gpu, "train.channels_last": True, "train.fuse_bn": True}
+        plans = [("fp32", {}, False, ("model",)), ("fast", fast, False, ("model", "host", "device"))]
+        if compile:
+            plans.append(("fast", fast, True, ("model", "device")))
         for backbone in backbones:
-            cfg = Config().with_overrides({"model.backbone": backbone, "train.crop_size": size,
-                                           "train.resize_long": [size * 5 // 8, size * 5 // 4]})
-            in_memory = {"image": torch.randn(batch_size, 3, size, size, device=device),
-                         "labels": (torch.rand(batch_size, cfg.data.num_classes, device=device) < 0.15).float()}
-            model_only = _timed_steps(cfg, device, _repeat(in_memory), steps, warmup)
-            dataset = ClassificationDataset(data_root, "train_aug", crop_size=size,
-                                            resize_long=tuple(cfg.train.resize_long), seed=0)
-            sampler = EpochBatchSampler(len(dataset), batch_size, rank=0, world_size=1, seed=0, epoch=0)
-            loader = DataLoader(dataset, batch_sampler=sampler, num_workers=loader_workers, pin_memory=gpu,
-                                persistent_workers=loader_workers > 0)
-            full = _timed_steps(cfg, device, _cycle(loader), steps, warmup)
-            rows.append({"device": device_name(device), "backbone": backbone, "batch": batch_size, "size": size,
-                         "amp": "bf16" if gpu and cfg.train.amp else "fp32", "model_step_img_s": round(model_only, 1),
-                         "full_step_img_s": round(full, 1), "loader_workers": loader_workers})
+            for name, settings, compiled, inputs in plans:
+                cfg = Config().with_overrides({"model.backbone": backbone, "train.crop_size": size,
+                                               "train.resize_long": [size * 5 // 8, size * 5 // 4], **settings})
+                torch.manual_seed(0)
+                model = Accelerator.of(cfg.train, device).prepare(build_classifier(cfg, load_pretrained=False))
+                model.train()
+                optimizer = build_optimizer(model, cfg.train)
+                runner = torch.compile(model) if compiled else model
+                step = functools.partial(train_step, runner, optimizer=optimizer, cfg=cfg)
+                for source in inputs:
+                    batches = _train_batches(source, cfg, data_root, batch_size, loader_workers, device)
+                    rate, peak, warm = _timed(step, batches, steps, warmup, device, batch_size)
+                    rows.append({"device": device_name(device), "backbone": backbone, "batch": batch_size,
+                                 "size": size, "settings": name, "amp": "bf16" if cfg.train.amp else "fp32",
+                                 "compiled": compiled, "input": source,
+                                 "loader_workers": loader_workers if source != "model" else 0,
+                                 "img_s": round(rate, 1), "peak_mb": peak, "warmup_s": round(warm, 1)})
+                    log.info("train %s %s%s, input %s: %.1f img/s", backbone, name, " compiled" if compiled else "",
+                             source, rate)
     return rows
 
 
-def _repeat(batch: dict[str, torch.Tensor]):
-    while True:
-        yield batch
-
-
-def _cycle(loader: DataLoader):
+def _train_batches(source: str, cfg: Config, data_root: str, batch_size: int, loader_workers: int,
+                   device: torch.device) -> Iterator[dict[str, Any]]:
+    """Endless batches for the training benchmark: one random batch on the device (model), or the loader's."""
+    if source == "model":
+        batch = {"image": torch.randn(batch_size, 3, cfg.train.crop_size, cfg.train.crop_size, device=device),
+                 "labels": (torch.rand(batch_size, cfg.data.num_classes, device=device) < 0.15).float()}
+        while True:
+            yield batch
+    dataset = ClassificationDataset(data_root, "train_aug", crop_size=cfg.train.crop_size,
+                                    resize_long=tuple(cfg.train.resize_long), seed=0, augment=source)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=loader_workers,
+                        pin_memory=device.type == "cuda", persistent_workers=loader_workers > 0,
+                        collate_fn=dataset.collate_fn)
     while True:
         yield from loader
 
 
 def bench_cam(backbones: list[str] | None = None, images: int | None = None, height: int = 375, width: int = 500,
               batch_size: int = 16, check: int = 2) -> list[dict[str, Any]]:
-    """Images/s of multi-scale + flip CAM inference: the plain fp32 batch-of-one reference and `batched_cams`
-    (bf16 + channels_last + resize on the device on GPU); `max_abs_diff` compares the two on `check` images."""
+    """Images/s and peak memory of multi-scale + flip CAM inference: the fp32 batch-of-one reference
+    (`multiscale_cam`), and `batched_cams` in fp32 and with the fast settings (bf16 autocast on a GPU,
+    channels_last, folded BN, resizing on the device); `max_abs_diff` compares each with the reference on `check`
+    images. The random network's head is made non-negative, as a trained head is for its classes: a random head's
+    CAMs are sums of large terms of both signs, which no trained CAM is."""
     import numpy as np
 
     from vwe.cam import DEFAULT_SCALES, batched_cams, multiscale_cam
@@ -115,31 +148,120 @@ def bench_cam(backbones: list[str] | None = None, images: int | None = None, hei
     rows = []
     for backbone in backbones:
         torch.manual_seed(0)
-        model = build_classifier(Config().with_overrides({"model.backbone": backbone})).to(device).eval()
+        model = build_classifier(Config().with_overrides({"model.backbone": backbone}), load_pretrained=False)
+        with torch.no_grad():
+            model.classifier.weight.abs_()
+        model = model.to(device).eval()
         reference_n = min(count, 8 if gpu else 4)
         multiscale_cam(model, pictures[0], labels[0], DEFAULT_SCALES)  # warm-up
+        _reset_peak(device)
         _sync(device)
         start = time.perf_counter()
         reference = [multiscale_cam(model, p, l, DEFAULT_SCALES) for p, l in zip(pictures[:reference_n], labels)]
         _sync(device)
-        reference_rate = reference_n / (time.perf_counter() - start)
-        fast_model = model.to(memory_format=torch.channels_last) if gpu else model
-        dtype = torch.bfloat16 if gpu else torch.float32
-        batched_cams(fast_model, pictures[:batch_size], labels[:batch_size], DEFAULT_SCALES, device, dtype, gpu)
-        _sync(device)
-        start = time.perf_counter()
-        results = []
-        for i in range(0, count, batch_size):
-            results += batched_cams(fast_model, pictures[i:i + batch_size], labels[i:i + batch_size], DEFAULT_SCALES,
-                                    device, dtype, gpu)
-        _sync(device)
-        fast_rate = count / (time.perf_counter() - start)
-        diff = max(float(np.abs(r.high_res - f.high_res).max()) for r, f in zip(reference[:check], results))
-        rows.append({"device": device_name(device), "backbone": backbone, "image": f"{height}x{width}",
-                     "scales": len(DEFAULT_SCALES), "reference_img_s": round(reference_rate, 2),
-                     "batched_img_s": round(fast_rate, 2), "batch": batch_size,
-                     "dtype": str(dtype).replace("torch.", ""), "max_abs_diff": round(diff, 5)})
+        row = {"device": device_name(device), "backbone": backbone, "image": f"{height}x{width}",
+               "scales": f"{len(DEFAULT_SCALES)} x flip", "batch": 1, "settings": "reference", "dtype": "float32",
+               "img_s": round(reference_n / (time.perf_counter() - start), 2), "peak_mb": peak_memory_mb(device),
+               "max_abs_diff": 0.0}
+        rows.append(row)
+        fast = Accelerator(device, amp=gpu, channels_last=True, fuse_bn=True)
+        for name, accel in (("batched", Accelerator(device)), ("fast", fast)):
+            net = accel.prepare(copy.deepcopy(model))
+            run = functools.partial(batched_cams, net, scales=DEFAULT_SCALES, device=device, dtype=accel.dtype,
+                                    channels_last=accel.channels_last, resize_on_device=accel.on_device("auto"))
+            run(pictures[:batch_size], labels[:batch_size])  # warm-up
+            _reset_peak(device)
+            _sync(device)
+            start = time.perf_counter()
+            results = []
+            for i in range(0, count, batch_size):
+                results += run(pictures[i:i + batch_size], labels[i:i + batch_size])
+            _sync(device)
+            rate = count / (time.perf_counter() - start)
+            diff = max(float(np.abs(r.high_res - f.high_res).max()) for r, f in zip(reference[:check], results))
+            rows.append({**row, "batch": batch_size, "settings": name,
+                         "dtype": str(accel.dtype).replace("torch.", ""), "img_s": round(rate, 2),
+                         "peak_mb": peak_memory_mb(device), "max_abs_diff": round(diff, 5)})
+            log.info("cam %s %s: %.1f img/s, max diff %.2g", backbone, name, rate, diff)
     return rows
+
+
+def bench_deeplab(backbone: str | None = None, batch_size: int | None = None, size: int | None = None,
+                  steps: int = 10, warmup: int = 3) -> list[dict[str, Any]]:
+    """Images/s and peak memory of the DeepLab v2 training step (`train_seg.train_step`: the MSC loss over 1, 0.75
+    and 0.5 of the input, deeplab-pytorch's 5 x 2 accumulation), model alone, fp32 and with the fast settings
+    (bf16 autocast on a GPU, channels_last, folded BN), eager."""
+    from vwe.models.deeplab import MultiScaleDeepLab, build_deeplab
+    from vwe.stages import train_seg
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.type == "cuda"
+    backbone = backbone or ("resnet101" if gpu else "resnet-tiny")
+    batch_size = batch_size or (10 if gpu else 4)
+    size = size or (321 if gpu else 64)
+    batch = {"image": torch.randn(batch_size, 3, size, size, device=device),
+             "label": torch.randint(0, 21, (batch_size, size, size), device=device)}
+    rows = []
+    for name, settings in (("fp32", {}), ("fast", {"seg.amp": gpu, "seg.channels_last": True, "seg.fuse_bn": True})):
+        cfg = Config().with_overrides({"seg.backbone": backbone, "seg.crop_size": size, "seg.pretrained": "",
+                                       **settings})
+        torch.manual_seed(0)
+        base = build_deeplab(cfg.seg, cfg.data.num_classes + 1)
+        model = Accelerator.of(cfg.seg, device).prepare(MultiScaleDeepLab(base, cfg.seg.train_msc_scales)).train()
+        optimizer = train_seg.build_optimizer(base, cfg.seg)
+        step = functools.partial(train_seg.train_step, model, optimizer=optimizer, cfg=cfg)
+        rate, peak, warm = _timed(step, _forever(batch), steps, warmup, device, batch_size)
+        rows.append({"device": device_name(device), "backbone": backbone, "batch": batch_size,
+                     "accumulation": cfg.seg.accumulation, "size": size, "settings": name,
+                     "amp": "bf16" if cfg.seg.amp else "fp32", "img_s": round(rate, 1), "peak_mb": peak})
+        log.info("deeplab %s %s: %.1f img/s", backbone, name, rate)
+    return rows
+
+
+def _forever(batch: dict[str, torch.Tensor]) -> Iterator[dict[str, torch.Tensor]]:
+    while True:
+        yield batch
+
+
+def bench_all(out: str | Path, quick: bool | None = None) -> dict[str, Any]:
+    """Every benchmark in one process, each section's rows written to `out` (JSON) as soon as it is done, so a run
+    cut short keeps what it measured. The GPU sizes are the paper's (under 8 minutes on one H100/H200); `quick`
+    (the default without a GPU) runs tiny ones, in about a minute on two cores. A section that fails is recorded
+    with its error and the others still run."""
+    import platform
+    import sys
+
+    gpu = torch.cuda.is_available()
+    quick = not gpu if quick is None else quick
+    device = torch.device("cuda" if gpu else "cpu")
+    sections: dict[str, Callable[[], list[dict[str, Any]]]] = {
+        "train": lambda: bench_train(steps=3 if quick else 20, warmup=2 if quick else 5,
+                                     backbones=["resnet-tiny"] if quick else None),
+        "cam": lambda: bench_cam(backbones=["resnet-tiny"] if quick else ["resnet101"], images=4 if quick else None,
+                                 batch_size=2 if quick else 16),
+        "deeplab": lambda: bench_deeplab(steps=2 if quick else 10, warmup=1 if quick else 3,
+                                         backbone="resnet-tiny" if quick else None),
+        "crf": lambda: bench_crf(images=2 if quick else 8, height=48 if quick else 375, width=64 if quick else 500),
+        "irn": lambda: bench_irn(sizes=((40, 48),) if quick else ((375, 500), (640, 480)), batches=1 if quick else 2,
+                                 exp_times=4 if quick else 8),
+    }
+    report: dict[str, Any] = {"device": device_name(device), "torch": torch.__version__,
+                              "cuda": torch.version.cuda if gpu else None, "python": platform.python_version(),
+                              "command": " ".join(["vwe", *sys.argv[1:]]) if sys.argv[0].endswith("vwe") else None,
+                              "quick": quick, "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "sections": {},
+                              "errors": {}}
+    start = time.perf_counter()
+    for name, section in sections.items():
+        began = time.perf_counter()
+        try:
+            report["sections"][name] = section()
+        except Exception as err:  # noqa: BLE001 - one broken benchmark must not cost the others' numbers
+            log.exception("bench %s failed", name)
+            report["errors"][name] = f"{type(err).__name__}: {err}"
+        report.setdefault("seconds", {})[name] = round(time.perf_counter() - began, 1)
+        report["total_seconds"] = round(time.perf_counter() - start, 1)
+        write_json(out, report)
+    return report
 
 
 def _sync(device: torch.device) -> None:
@@ -208,11 +330,12 @@ def bench_crf(images: int | None = None, height: int = 375, width: int = 500, la
             ray.get([task.remote(i, height, width, n_labels, kind) for i in range(count)])
             parallel_wall = time.perf_counter() - start
             torch_cpu = [_crf_task(i, height, width, n_labels, kind, "torch") for i in range(count)]
-            row = {"crf": kind, "image": f"{height}x{width}", "labels": n_labels, "images": count,
+            row = {"device": device_name(torch.device("cuda" if gpu else "cpu")), "crf": kind,
+                   "image": f"{height}x{width}", "labels": n_labels, "images": count,
                    "pydensecrf_s_1_core": round(float(np.mean([t for t, _ in serial])), 3), "cores": cores,
                    "pydensecrf_img_s_all_cores": round(count / parallel_wall, 2),
                    "torch_cpu_s": round(float(np.mean([t for t, _ in torch_cpu])), 3),
-                   "torch_gpu_s": None, "torch_gpu_batched_img_s": None,
+                   "torch_gpu_s": None, "torch_gpu_batched_img_s": None, "torch_gpu_peak_mb": None,
                    "agreement": round(min(float(np.mean(a == b)) for (_, a), (_, b) in zip(serial, torch_cpu)), 5)}
             if gpu:
                 _crf_task(0, height, width, n_labels, kind, "torch", "cuda")  # warm-up
@@ -220,12 +343,14 @@ def bench_crf(images: int | None = None, height: int = 375, width: int = 500, la
                 row["torch_gpu_s"] = round(float(np.mean(single)), 4)
                 if kind == "label":
                     problems = [_crf_problem(i, height, width, n_labels, kind) for i in range(batch_size)]
+                    torch.cuda.reset_peak_memory_stats()
                     torch.cuda.synchronize()
                     start = time.perf_counter()
                     crf_labels_many([p[0] for p in problems], [p[1] for p in problems], [n_labels] * batch_size,
                                     backend="torch", device="cuda")
                     torch.cuda.synchronize()
                     row["torch_gpu_batched_img_s"] = round(batch_size / (time.perf_counter() - start), 2)
+                    row["torch_gpu_peak_mb"] = peak_memory_mb(torch.device("cuda"))
             rows.append(row)
     return rows
 

@@ -7,8 +7,6 @@ and the two agree to float rounding.
 """
 from __future__ import annotations
 
-import functools
-import math
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +19,7 @@ from PIL import Image
 from torch import nn
 
 from vwe import storage
+from vwe.data.pil_resize import pil_bicubic_resize
 from vwe.data.transforms import InferenceTransform, Normalize
 from vwe.errors import DataError
 from vwe.io import atomic_path
@@ -29,7 +28,6 @@ DEFAULT_SCALES = (1.0, 0.5, 1.5, 2.0)
 CAM_STRIDE = 4  # the saved `cam` lives on the ceil(H/4) x ceil(W/4) grid that IRNet's random walk uses
 _NORM_EPS = 1e-5  # cam_c / (max cam_c + eps), METHOD §2
 _CAM_ARRAYS = ("keys", "cam", "high_res")
-_PIL_BITS = 22  # PIL's fixed-point precision for 8-bit resampling (32 - 8 - 2)
 _NORMALIZE = Normalize()
 _INFERENCE_TRANSFORM = InferenceTransform()
 
@@ -142,7 +140,7 @@ def _same_size_cams(
     for scale in scales:
         size = _scaled_size(height, width, scale)
         if batch is not None:
-            x = _normalize(pil_bicubic_resize(batch, size))
+            x = _NORMALIZE.tensor(pil_bicubic_resize(batch, size))
             x = torch.cat([x, x.flip(-1)])
         else:
             scaled = [normalize_image(_pil_resize(image, size)) for image in images]
@@ -162,76 +160,10 @@ def _same_size_cams(
     return [CamResult(k, cams[a:b], high_reses[a:b]) for k, a, b in zip(keys, bounds[:-1], bounds[1:])]
 
 
-def pil_bicubic_resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resizes N x C x H x W images holding 0..255 to `size` (h, w) exactly as PIL's bicubic resize of uint8 images.
-
-    Returns float32 with integer values. torch's own bicubic differs from PIL by up to 2 grey levels (0.035 after
-    normalisation) even with antialias=True, because PIL filters one axis then the other with 22-bit fixed-point
-    weights and rounds to uint8 after each pass. Here each pass is a float64 matrix product with the same integer
-    weights; every partial sum is an integer below 2**53, so the result is bit-exact on any device.
-    """
-    out_h, out_w = size
-    in_h, in_w = images.shape[-2:]
-    x = images.to(torch.float64)
-    # Pillow 13 (python-pillow/Pillow#9549) filters the height first when it sheds more than twice as many pixels
-    # as the width; older Pillow always starts with the width. Only images over twice as tall as wide are affected.
-    if out_h < in_h and in_h - out_h > 2 * (in_w - out_w):
-        x = _resize_rows(x, out_h)
-        return _resize_columns(x, out_w).float()
-    return _resize_rows(_resize_columns(x, out_w), out_h).float()
-
-
-def _resize_columns(x: torch.Tensor, out_w: int) -> torch.Tensor:
-    if out_w == x.shape[-1]:
-        return x
-    return _fixed_point_to_uint8(x @ _pil_weights(x.shape[-1], out_w, x.device).T)
-
-
-def _resize_rows(x: torch.Tensor, out_h: int) -> torch.Tensor:
-    if out_h == x.shape[-2]:
-        return x
-    return _fixed_point_to_uint8(_pil_weights(x.shape[-2], out_h, x.device) @ x)
-
-
 def _pil_resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     if size == image.shape[:2]:
         return image
     return np.asarray(Image.fromarray(image).resize((size[1], size[0]), Image.Resampling.BICUBIC))
-
-
-def _fixed_point_to_uint8(acc: torch.Tensor) -> torch.Tensor:
-    return torch.floor((acc + 2.0 ** (_PIL_BITS - 1)) / 2.0**_PIL_BITS).clamp_(0, 255)
-
-
-@functools.lru_cache(maxsize=32)
-def _pil_weights(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
-    """out x in matrix of PIL's fixed-point bicubic weights (a = -0.5); the arithmetic follows PIL's own order."""
-    scale = in_size / out_size
-    filter_scale = max(scale, 1.0)
-    support = 2.0 * filter_scale
-    inverse = 1.0 / filter_scale
-    matrix = np.zeros((out_size, in_size))
-    for i in range(out_size):
-        center = (i + 0.5) * scale
-        lo = max(int(center - support + 0.5), 0)
-        hi = min(int(center + support + 0.5), in_size)
-        weights = [_bicubic((x - center + 0.5) * inverse) for x in range(lo, hi)]
-        total = 0.0
-        for w in weights:  # sequential sum, as PIL does: the rounding of the total matters for exactness
-            total += w
-        for x, w in zip(range(lo, hi), weights):
-            w = w / total if total != 0.0 else w
-            matrix[i, x] = math.trunc(w * 2**_PIL_BITS + (-0.5 if w < 0 else 0.5))
-    return torch.from_numpy(matrix).to(device)
-
-
-def _bicubic(x: float, a: float = -0.5) -> float:
-    x = abs(x)
-    if x < 1.0:
-        return ((a + 2.0) * x - (a + 3.0)) * x * x + 1
-    if x < 2.0:
-        return (((x - 5) * x + 8) * x - 4) * a
-    return 0.0
 
 
 def strided_size(height: int, width: int, stride: int = CAM_STRIDE) -> tuple[int, int]:
@@ -326,13 +258,6 @@ def cam_is_complete(path: str | Path, image_size: tuple[int, int] | None = None,
     if image_size is not None and size != tuple(image_size):
         return False
     return keys is None or np.array_equal(saved_keys, keys)
-
-
-def _normalize(x: torch.Tensor) -> torch.Tensor:
-    """(..., 3, H, W) float32 in [0, 255] -> ImageNet-normalised, with the same float32 arithmetic as `Normalize`."""
-    scale = torch.from_numpy(_NORMALIZE.scale).to(x.device).view(3, 1, 1)
-    shift = torch.from_numpy(_NORMALIZE.shift).to(x.device).view(3, 1, 1)
-    return x * scale + shift
 
 
 def _bilinear(maps: torch.Tensor, size: Sequence[int]) -> torch.Tensor:

@@ -178,7 +178,7 @@ def run(session: Session, model: nn.Module, optimizer: torch.optim.Optimizer, da
         sampler = EpochBatchSampler(len(dataset), schedule.batch_size, rank=session.rank,
                                     world_size=session.world_size, seed=schedule.seed, epoch=epoch, start=start)
         loader = DataLoader(dataset, batch_sampler=sampler, num_workers=schedule.loader_workers,
-                            pin_memory=session.device.type == "cuda")
+                            pin_memory=session.device.type == "cuda", collate_fn=getattr(dataset, "collate_fn", None))
         for data in loader:
             factor = poly_lr_factor(step, schedule.total_steps, schedule.poly_power, schedule.lr_every)
             set_lr(optimizer, schedule.lr, factor)

@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from vwe import storage
+from vwe.data import device_augment
 from vwe.data.transforms import Normalize, RandomCrop, TrainTransform
 from vwe.data.voc import IGNORE, NUM_CLASSES, VOCDataset, read_image, read_mask
 from vwe.errors import DataError
@@ -23,11 +24,16 @@ class ClassificationDataset(Dataset):
     (seed, e, i), so DataLoader worker processes do not repeat each other); call `set_epoch` before each epoch
     (it reaches the workers when they are recreated per epoch, the DataLoader default). Without a seed every call
     draws fresh randomness.
+
+    `augment="device"`: items hold the decoded uint8 image and its augmentation's filter taps instead
+    (`vwe.data.device_augment.device_item`); batch them with `collate_fn` and augment them on the accelerator with
+    `augment_batch`, which gives the same pixels.
     """
 
     def __init__(self, root: str | Path, split: str, *, crop_size: int = 512,
                  resize_long: tuple[int, int] = (320, 640), flip: bool = True, seed: int | None = None,
-                 exclude: Iterable[str] = (), num_classes: int = NUM_CLASSES, labels_from: str = "xml"):
+                 exclude: Iterable[str] = (), num_classes: int = NUM_CLASSES, labels_from: str = "xml",
+                 augment: str = "host"):
         self.voc = VOCDataset(root)
         excluded = set(exclude)
         self.ids = [i for i in self.voc.split_ids(split) if i not in excluded]
@@ -38,6 +44,10 @@ class ClassificationDataset(Dataset):
                             f"e.g. {unlabeled[0]} (no image-level labels to train on)")
         self.labels = {i: labels[i] for i in self.ids}
         self.transform = TrainTransform(crop_size=crop_size, resize_long=tuple(resize_long), flip=flip)
+        if augment not in ("host", "device"):
+            raise ValueError(f"augment must be host or device, got {augment!r}")
+        self.augment = augment
+        self.collate_fn = device_augment.collate if augment == "device" else None
         self.seed = seed
         self.epoch = 0
 
@@ -50,8 +60,12 @@ class ClassificationDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         image_id = self.ids[index]
         rng = np.random.default_rng(None if self.seed is None else (self.seed, self.epoch, index))
-        image = self.transform(read_image(self.voc.image_path(image_id)), rng)
-        return {"id": image_id, "image": torch.from_numpy(image), "labels": torch.from_numpy(self.labels[image_id])}
+        image = read_image(self.voc.image_path(image_id))
+        labels = torch.from_numpy(self.labels[image_id])
+        if self.augment == "device":
+            item = device_augment.device_item(image, self.transform.draw(image.shape, rng), self.transform.crop.size)
+            return {"id": image_id, **item, "labels": labels}
+        return {"id": image_id, "image": torch.from_numpy(self.transform(image, rng)), "labels": labels}
 
 
 CAFFE_MEAN_BGR = (104.008, 116.669, 122.675)  # deeplab-pytorch's input mean for the caffe-converted COCO weights

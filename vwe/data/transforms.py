@@ -7,7 +7,10 @@ crop where a side shorter than the crop is placed at a random offset in a zero (
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+import torch
 from PIL import Image
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -25,6 +28,13 @@ class Normalize:
     def __call__(self, image: np.ndarray) -> np.ndarray:
         return image.astype(np.float32) * self.scale + self.shift
 
+    def tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """The same on a float32 (..., 3, H, W) tensor holding 0..255, on its device: the same float32 operations
+        (a product, then a sum), so the same values."""
+        scale = torch.from_numpy(self.scale).to(x.device).view(3, 1, 1)
+        shift = torch.from_numpy(self.shift).to(x.device).view(3, 1, 1)
+        return x * scale + shift
+
 
 class RandomResizeLong:
     """Resizes (PIL bicubic) so the long side is a random integer in [low, high]; the short side is rounded."""
@@ -35,11 +45,15 @@ class RandomResizeLong:
         self.low, self.high = low, high
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        height, width = self.size(image.shape, rng)
+        return np.asarray(Image.fromarray(image).resize((width, height), Image.Resampling.BICUBIC))
+
+    def size(self, shape: tuple[int, ...], rng: np.random.Generator) -> tuple[int, int]:
+        """The (height, width) an image of `shape` is resized to, drawn from `rng`."""
         long_side = int(rng.integers(self.low, self.high + 1))
-        height, width = image.shape[:2]
+        height, width = shape[:2]
         scale = long_side / max(height, width)
-        size = (max(1, round(width * scale)), max(1, round(height * scale)))
-        return np.asarray(Image.fromarray(image).resize(size, Image.Resampling.BICUBIC))
+        return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 class RandomHorizontalFlip:
@@ -49,7 +63,10 @@ class RandomHorizontalFlip:
         self.p = p
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        return image[:, ::-1] if rng.random() < self.p else image
+        return image[:, ::-1] if self.draw(rng) else image
+
+    def draw(self, rng: np.random.Generator) -> bool:
+        return bool(rng.random() < self.p)
 
 
 class RandomCrop:
@@ -79,6 +96,16 @@ class RandomCrop:
         return 0, int(rng.integers(-spare + 1)), length
 
 
+@dataclass(frozen=True)
+class TrainParams:
+    """One image's training augmentation: the resized (height, width), the flip, and the crop window
+    ((src_y, dst_y, h), (src_x, dst_x, w)) in the resized, flipped image (`RandomCrop.window`)."""
+
+    size: tuple[int, int]
+    flip: bool
+    window: tuple[tuple[int, int, int], ...]
+
+
 class TrainTransform:
     """Classifier training augmentation: uint8 H x W x 3 RGB -> float32 3 x crop x crop (METHOD §1.6)."""
 
@@ -89,8 +116,21 @@ class TrainTransform:
         self.crop = RandomCrop(size=crop_size)
 
     def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        image = self.flip(self.resize(image, rng), rng)
-        image = self.crop(self.normalize(image), rng)
+        return self.apply(image, self.draw(image.shape, rng))
+
+    def draw(self, shape: tuple[int, ...], rng: np.random.Generator) -> TrainParams:
+        """The random choices for an image of `shape`, in the order `__call__` has always drawn them, so the device
+        path (`vwe.data.device_augment`) augments item i of epoch e exactly as this one does."""
+        size = self.resize.size(shape, rng)
+        flip = self.flip.draw(rng)
+        return TrainParams(size, flip, self.crop.window(size, rng))
+
+    def apply(self, image: np.ndarray, params: TrainParams) -> np.ndarray:
+        if params.size != image.shape[:2]:
+            image = np.asarray(Image.fromarray(image).resize(params.size[::-1], Image.Resampling.BICUBIC))
+        if params.flip:
+            image = image[:, ::-1]
+        image = self.crop.apply(self.normalize(image), params.window)
         return np.ascontiguousarray(image.transpose(2, 0, 1))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 # name -> (blocks per stage, stem width); stage i has width * 2**i bottleneck channels, 4x that at its output
@@ -44,13 +45,35 @@ class FrozenBatchNorm2d(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x: Tensor) -> Tensor:
-        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
-        shift = self.bias - self.running_mean * scale
+        scale, shift = self.scale_shift()
         # cast so a bf16 activation under autocast is not promoted to fp32 by the fp32 statistics
         return x * scale.to(x.dtype).view(1, -1, 1, 1) + shift.to(x.dtype).view(1, -1, 1, 1)
 
     def extra_repr(self) -> str:
         return f"{self.weight.shape[0]}, eps={self.eps}"
+
+    def scale_shift(self) -> tuple[Tensor, Tensor]:
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        return scale, self.bias - self.running_mean * scale
+
+
+def conv_bn(conv: nn.Conv2d, bn: FrozenBatchNorm2d, x: Tensor, folded: bool) -> Tensor:
+    """bn(conv(x)); `folded`: as one conv with the BN's scale in its weight and its shift as the bias, which saves
+    a pass over the activations. Both the conv weight and the BN affine parameters still get their gradients."""
+    if not folded:
+        return bn(conv(x))
+    scale, shift = bn.scale_shift()
+    return F.conv2d(x, conv.weight * scale.view(-1, 1, 1, 1), shift, conv.stride, conv.padding, conv.dilation,
+                    conv.groups)
+
+
+def fold_frozen_bn(model: nn.Module, folded: bool = True) -> nn.Module:
+    """Switches every ResNet conv + frozen BN pair in `model` to the folded form (or back). The parameters and
+    the state dict stay as they are; only the forward computation changes."""
+    for module in model.modules():
+        if isinstance(module, (Bottleneck, ResNetBackbone)):
+            module.folded_bn = folded
+    return model
 
 
 class Bottleneck(nn.Module):
@@ -76,11 +99,14 @@ class Bottleneck(nn.Module):
                 nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), FrozenBatchNorm2d(out)
             )
 
+    folded_bn = False  # see `fold_frozen_bn`
+
     def forward(self, x: Tensor) -> Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        y = self.relu(self.bn1(self.conv1(x)))
-        y = self.relu(self.bn2(self.conv2(y)))
-        y = self.bn3(self.conv3(y))
+        fold = self.folded_bn
+        identity = x if self.downsample is None else conv_bn(self.downsample[0], self.downsample[1], x, fold)
+        y = self.relu(conv_bn(self.conv1, self.bn1, x, fold))
+        y = self.relu(conv_bn(self.conv2, self.bn2, y, fold))
+        y = conv_bn(self.conv3, self.bn3, y, fold)
         return self.relu(y + identity)
 
 
@@ -141,8 +167,10 @@ class ResNetBackbone(nn.Module):
         for module in frozen:
             module.requires_grad_(False)
 
+    folded_bn = False  # see `fold_frozen_bn`
+
     def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(self.relu(conv_bn(self.conv1, self.bn1, x, self.folded_bn)))
         x = self.layer2(self.layer1(x))
         if self.detach_layer2:
             x = x.detach()

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vwe.accelerator import Accelerator
 from vwe.checkpoint import read_export
 from vwe.config import Config, CrfConfig, SegConfig
 from vwe.crf import Backend, crf_probs, resolve_backend
@@ -35,13 +36,10 @@ log = logging.getLogger(__name__)
 
 
 def fused_logits(model: nn.Module, image: np.ndarray, scales: Sequence[float], caffe: bool,
-                 device: torch.device, amp: bool = True) -> torch.Tensor:
+                 accel: Accelerator) -> torch.Tensor:
     """C x h x w float32 CPU logits of one uint8 H x W x 3 RGB image: max over `scales` at the scale-1.0 size."""
-    x = torch.from_numpy(np.ascontiguousarray(deeplab_input(image, caffe).transpose(2, 0, 1)))[None].to(device)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16,
-                                                enabled=device.type == "cuda" and amp):
+    x = accel.inputs(torch.from_numpy(np.ascontiguousarray(deeplab_input(image, caffe).transpose(2, 0, 1)))[None])
+    with torch.inference_mode(), accel.autocast():
         logits = max_fusion(pyramid_logits(model, x, scales))
     return logits[0].float().cpu()
 
@@ -66,7 +64,7 @@ def crf_on_actors(cfg: Config, crf: bool) -> bool:
 def predict(model: nn.Module, image: np.ndarray, seg: SegConfig, crf: bool = False,
             device: torch.device | str = "cpu") -> np.ndarray:
     """The label map of one uint8 H x W x 3 RGB image (the whole test protocol in one call)."""
-    logits = fused_logits(model, image, seg.test_scales, caffe_input(seg), torch.device(device), seg.amp)
+    logits = fused_logits(model, image, seg.test_scales, caffe_input(seg), Accelerator.of(seg, device))
     return logits_to_label(logits, image, seg.crf if crf else None)
 
 
@@ -77,17 +75,17 @@ class SegPredictor:
         quiet_worker(cfg.ray.cpus_per_worker, cfg.out_dir, "infer_seg")
         self.cfg = cfg
         self.crf = crf_on_actors(cfg, crf)  # the torch CRF runs here, on the actor's device
-        self.device = torch.device("cuda" if cfg.ray.use_gpu else "cpu")
-        self.model, trained = load_trained_deeplab(RunFolder.of(cfg).deeplab, self.device)
+        self.accel = Accelerator.of(cfg.seg, "cuda" if cfg.ray.use_gpu else "cpu")
+        self.device = self.accel.device
+        model, trained = load_trained_deeplab(RunFolder.of(cfg).deeplab)
+        self.model = self.accel.prepare(model)
         self.seg = trained.seg  # the network's own input convention, whatever the current config says
-        if self.device.type == "cuda":
-            self.model = self.model.to(memory_format=torch.channels_last)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         start = time.perf_counter()
         logits = [np.zeros((1, 1, 1), np.float32) if error else
-                  fused_logits(self.model, image, self.cfg.seg.test_scales, caffe_input(self.seg), self.device,
-                               self.cfg.seg.amp).numpy()
+                  fused_logits(self.model, image, self.cfg.seg.test_scales, caffe_input(self.seg),
+                               self.accel).numpy()
                   for image, error in zip(batch["image"], batch["error"])]
         out = {"id": batch["id"], "path": batch["path"], "error": batch["error"], "image": batch["image"]}
         if self.crf:

@@ -13,8 +13,8 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
+from vwe.accelerator import Accelerator
 from vwe.cam import batched_cams, cam_is_complete, save_cam
 from vwe.checkpoint import read_export
 from vwe.config import Config
@@ -34,19 +34,16 @@ class CamPredictor:
     def __init__(self, cfg: Config):
         quiet_worker(cfg.ray.cpus_per_worker, cfg.out_dir, "make_cam")
         self.cfg, self.run = cfg, RunFolder.of(cfg)
-        self.device = torch.device("cuda" if cfg.ray.use_gpu else "cpu")
-        self.model, _ = load_trained_classifier(self.run.classifier_at(cfg.cam.classifier_epoch), self.device)
-        gpu = self.device.type == "cuda"
-        self.dtype = torch.bfloat16 if gpu and cfg.cam.amp else torch.float32
-        self.channels_last = gpu
-        if self.channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
+        self.accel = Accelerator.of(cfg.cam, "cuda" if cfg.ray.use_gpu else "cpu")
+        model, _ = load_trained_classifier(self.run.classifier_at(cfg.cam.classifier_epoch))
+        self.model = self.accel.prepare(model)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         start = time.perf_counter()
         good = [i for i, error in enumerate(batch["error"]) if not error]
         results = batched_cams(self.model, [batch["image"][i] for i in good], [batch["labels"][i] for i in good],
-                               self.cfg.cam.scales, self.device, self.dtype, self.channels_last)
+                               self.cfg.cam.scales, self.accel.device, self.accel.dtype, self.accel.channels_last,
+                               resize_on_device=self.accel.on_device(self.cfg.cam.resize))
         for i, result in zip(good, results):
             save_cam(self.run.cam(batch["id"][i]), result, self.cfg.cam.dtype)
         seconds = (time.perf_counter() - start) / max(1, len(good))
@@ -99,4 +96,4 @@ STAGE = Stage(
     name="make_cam", run=run, is_complete=is_complete,
     outputs=lambda cfg: [RunFolder.of(cfg).cams],
     depends_on=("data.train_split", "data.cam_split", "data.eval_split", "data.labels_from", "cam.scales", "cam.dtype",
-                "cam.amp"))
+                "cam.amp", "cam.channels_last"))

@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from vwe.accelerator import Accelerator
 from vwe.affinity import random_walk, walk_to_label
 from vwe.cam import cam_is_complete, load_cam, normalize_image
 from vwe.checkpoint import read_export
@@ -59,9 +60,9 @@ class SemSegLabeler:
     def __init__(self, cfg: Config):
         quiet_worker(cfg.ray.cpus_per_worker, cfg.out_dir, "make_sem_seg")
         self.cfg, self.run = cfg, RunFolder.of(cfg)
-        self.device = torch.device("cuda" if cfg.ray.use_gpu else "cpu")
+        self.accel = Accelerator.of(cfg.irn, "cuda" if cfg.ray.use_gpu else "cpu")
+        self.device, self.dtype = self.accel.device, self.accel.dtype
         self.model, _ = load_trained_irn(self.run.irn, self.device)
-        self.dtype = torch.bfloat16 if self.device.type == "cuda" and cfg.irn.amp else torch.float32
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         start = time.perf_counter()

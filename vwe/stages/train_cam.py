@@ -14,10 +14,12 @@ import torch
 from torch import nn
 
 from vwe import evaluation, storage, training
+from vwe.accelerator import Accelerator
 from vwe.checkpoint import export_model, read_export, unwrap
 from vwe.io import MetricsLog
 from vwe.config import Config, TrainConfig
 from vwe.data.datasets import ClassificationDataset
+from vwe.data.device_augment import augment_batch, is_device_batch
 from vwe.losses import classifier_loss
 from vwe.models import Classifier, build_classifier
 from vwe.models.weights import check_weights
@@ -38,13 +40,12 @@ def build_optimizer(model: Classifier, train: TrainConfig) -> torch.optim.Optimi
 def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
                cfg: Config) -> dict[str, torch.Tensor]:
     """One optimisation step; returns the loss terms as detached device tensors (no host sync)."""
-    device = next(unwrap(model).parameters()).device
-    images = batch["image"].to(device, non_blocking=True)
-    labels = batch["labels"].to(device, non_blocking=True)
-    if device.type == "cuda" and cfg.train.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    accel = Accelerator.of(cfg.train, next(unwrap(model).parameters()).device)
+    images = augment_batch(batch, accel.device) if is_device_batch(batch) else batch["image"]
+    images = accel.inputs(images)
+    labels = batch["labels"].to(accel.device, non_blocking=True)
     core = unwrap(model)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.train.amp):
+    with accel.autocast():
         output = model(images)
     loss, terms = classifier_loss(output, labels, cfg.model, core.codebook_for_loss())
     if core.uses_memory_bank:
@@ -57,25 +58,23 @@ def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None =
     """Trains (or resumes) the classifier; rank 0 exports the final weights to `<out_dir>/classifier/`."""
     train_cfg = cfg.train
     torch.manual_seed(train_cfg.seed)
-    if session.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    accel = Accelerator.of(train_cfg, session.device)
     dataset = ClassificationDataset(cfg.data.root, cfg.data.train_split, crop_size=train_cfg.crop_size,
                                     resize_long=tuple(train_cfg.resize_long), flip=train_cfg.flip,
                                     seed=train_cfg.seed, num_classes=cfg.data.num_classes,
-                                    labels_from=cfg.data.labels_from)
+                                    labels_from=cfg.data.labels_from,
+                                    augment="device" if accel.on_device(train_cfg.augment) else "host")
     per_epoch = training.steps_per_epoch(len(dataset), train_cfg.batch_size, cfg.data.train_split)
     schedule = training.Schedule(
         batch_size=train_cfg.batch_size, total_steps=per_epoch * train_cfg.epochs, lr=train_cfg.lr,
         poly_power=train_cfg.poly_power, seed=train_cfg.seed, log_every=train_cfg.log_every,
         checkpoint_every=train_cfg.checkpoint_every, loader_workers=train_cfg.loader_workers,
         max_steps=train_cfg.max_steps)
-    model = build_classifier(cfg).to(session.device)
-    if session.device.type == "cuda" and train_cfg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = accel.prepare(build_classifier(cfg))
     optimizer = build_optimizer(model, train_cfg)
     epoch_end = functools.partial(at_epoch_end, cfg=cfg)
     result = training.run(session, model, optimizer, dataset, functools.partial(train_step, cfg=cfg), schedule,
-                          cfg.to_dict(), compile_model=train_cfg.compile, fault=fault, epoch_end=epoch_end,
+                          cfg.to_dict(), compile_model=accel.compile, fault=fault, epoch_end=epoch_end,
                           on_report=MetricsLog(RunFolder.of(cfg).metrics(NAME)).add if session.rank == 0 else None)
     if session.rank == 0:
         export_model(model, cfg, RunFolder.of(cfg).classifier)
@@ -97,7 +96,7 @@ def epoch_cam_miou(model: nn.Module, cfg: Config) -> dict[str, float]:
     summary = evaluation.model_cam_scores(
         model, cfg.data.root, cfg.data.cam_split, cfg.cam.background_score, list(cfg.cam.sweep),
         num_images=cfg.train.eval_images, scales=cfg.cam.scales, batch_size=cfg.cam.batch_size,
-        dtype=torch.bfloat16 if device.type == "cuda" and cfg.cam.amp else torch.float32,
+        dtype=Accelerator.of(cfg.cam, device).dtype,
         num_classes=cfg.data.num_classes, labels_from=cfg.data.labels_from)
     return {"cam_miou": summary["miou"], "cam_best_miou": summary["best_miou"],
             "cam_best_threshold": summary["best_threshold"]}
@@ -144,4 +143,4 @@ STAGE = Stage(
                 "train.batch_size", "train.epochs", "train.lr",
                 "train.new_layer_lr_mult", "train.optimizer", "train.momentum", "train.weight_decay",
                 "train.poly_power", "train.crop_size", "train.resize_long", "train.flip", "train.seed", "train.amp",
-                "train.channels_last", "train.compile", "train.max_steps"))
+                "train.channels_last", "train.compile", "train.fuse_bn", "train.max_steps"))

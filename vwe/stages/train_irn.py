@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from vwe import storage, training
+from vwe.accelerator import Accelerator
 from vwe.affinity import affinity_labels, path_affinity
 from vwe.checkpoint import export_model, read_export, unwrap
 from vwe.config import Config, IrnConfig
@@ -46,10 +47,10 @@ def build_optimizer(model: BoundaryNet, irn: IrnConfig) -> torch.optim.Optimizer
 def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.Optimizer,
                cfg: Config) -> dict[str, torch.Tensor]:
     """One optimisation step of the affinity loss; returns its terms as detached device tensors (no host sync)."""
-    device = next(unwrap(model).parameters()).device
-    images = batch["image"].to(device, non_blocking=True)
-    labels = batch["label"].to(device, non_blocking=True)
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.irn.amp):
+    accel = Accelerator.of(cfg.irn, next(unwrap(model).parameters()).device)
+    images = accel.inputs(batch["image"])
+    labels = batch["label"].to(accel.device, non_blocking=True)
+    with accel.autocast():
         logits = model(images)
     edge = torch.sigmoid(logits.float())[:, 0, :labels.shape[1], :labels.shape[2]]
     loss, terms = affinity_loss(path_affinity(edge, cfg.irn.train_radius),
@@ -67,15 +68,13 @@ def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None =
     """Trains (or resumes) the boundary network; rank 0 exports the final weights to `<out_dir>/irn/`."""
     irn = cfg.irn
     torch.manual_seed(irn.seed)
-    if session.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     data = dataset(cfg)
     per_epoch = training.steps_per_epoch(len(data), irn.batch_size, cfg.data.train_split)
     schedule = training.Schedule(
         batch_size=irn.batch_size, total_steps=per_epoch * irn.epochs, lr=irn.lr, poly_power=irn.poly_power,
         seed=irn.seed, log_every=irn.log_every, checkpoint_every=irn.checkpoint_every,
         loader_workers=irn.loader_workers, max_steps=irn.max_steps)
-    model = build_boundary_net(irn).to(session.device)
+    model = Accelerator.of(irn, session.device).prepare(build_boundary_net(irn))
     optimizer = build_optimizer(model, irn)
     result = training.run(session, model, optimizer, data, functools.partial(train_step, cfg=cfg), schedule,
                           cfg.to_dict(), fault=fault,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vwe import storage, training
+from vwe.accelerator import Accelerator
 from vwe.checkpoint import export_model, read_export, unwrap
 from vwe.io import MetricsLog
 from vwe.config import Config, SegConfig
@@ -87,11 +88,9 @@ def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.O
     no ignored pixel that equals one pass over the whole batch; when the sub-batches ignore different shares of
     their pixels, it weights their pixels differently. Returns the loss terms (means over the sub-batches) as
     detached device tensors (no host sync)."""
-    device = next(unwrap(model).parameters()).device
-    images = batch["image"].to(device, non_blocking=True)
-    labels = batch["label"].to(device, non_blocking=True)
-    if device.type == "cuda" and cfg.seg.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    accel = Accelerator.of(cfg.seg, next(unwrap(model).parameters()).device)
+    images = accel.inputs(batch["image"])
+    labels = batch["label"].to(accel.device, non_blocking=True)
     parts = cfg.seg.accumulation
     optimizer.zero_grad(set_to_none=True)
     terms: dict[str, Tensor] = {}
@@ -99,7 +98,7 @@ def train_step(model: nn.Module, batch: dict[str, Any], optimizer: torch.optim.O
         # DDP all-reduces the gradients once, with the last sub-batch's backward pass
         last = i == parts - 1
         with contextlib.nullcontext() if last or not hasattr(model, "no_sync") else model.no_sync():
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda" and cfg.seg.amp):
+            with accel.autocast():
                 outputs = model(part_images)
             loss, part_terms = msc_loss(outputs, part_labels)
             (loss / parts).backward()
@@ -114,8 +113,7 @@ def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None =
     final weights to `<out_dir>/deeplab/`."""
     seg = cfg.seg
     torch.manual_seed(seg.seed)
-    if session.device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
+    accel = Accelerator.of(seg, session.device)
     dataset = SegmentationDataset(cfg.data.root, cfg.data.train_split, labels_dir(cfg), crop_size=seg.crop_size,
                                   scales=seg.scales, flip=seg.flip, caffe=caffe_input(seg), seed=seg.seed,
                                   hint=_missing_labels_hint(cfg))
@@ -124,12 +122,10 @@ def train(cfg: Config, session: training.Session, fault: dict[str, Any] | None =
         log_every=seg.log_every, checkpoint_every=seg.checkpoint_every, loader_workers=seg.loader_workers,
         max_steps=seg.max_steps, lr_every=seg.lr_every)
     base = build_deeplab(seg, cfg.data.num_classes + 1)
-    model = MultiScaleDeepLab(base, seg.train_msc_scales).to(session.device)
-    if session.device.type == "cuda" and seg.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+    model = accel.prepare(MultiScaleDeepLab(base, seg.train_msc_scales))
     optimizer = build_optimizer(base, seg)
     result = training.run(session, model, optimizer, dataset, functools.partial(train_step, cfg=cfg), schedule,
-                          cfg.to_dict(), compile_model=seg.compile, fault=fault,
+                          cfg.to_dict(), compile_model=accel.compile, fault=fault,
                           on_report=MetricsLog(RunFolder.of(cfg).metrics(NAME)).add if session.rank == 0 else None)
     if session.rank == 0:
         export_model(base, cfg, RunFolder.of(cfg).deeplab)
@@ -176,4 +172,5 @@ STAGE = Stage(
                 "seg.optimizer",
                 "seg.aspp_weight_lr_mult", "seg.aspp_bias_lr_mult", "seg.momentum", "seg.weight_decay",
                 "seg.poly_power", "seg.crop_size", "seg.scales", "seg.flip", "seg.train_msc_scales",
-                "seg.aspp_rates", "seg.amp", "seg.channels_last", "seg.compile", "seg.seed", "seg.max_steps"))
+                "seg.aspp_rates", "seg.amp", "seg.channels_last", "seg.compile", "seg.fuse_bn", "seg.seed",
+                "seg.max_steps"))
