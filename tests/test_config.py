@@ -69,8 +69,12 @@ BAD = [
     (["seg.init=coco", "seg.pretrained="], "seg.pretrained"),
     (["seg.init=coco", "seg.pretrained=coco.pth", "seg.backbone=resnet50"], "seg.backbone"),
     (["seg.init=classifier", "seg.pretrained="], "seg.pretrained"),
-    (["data.num_classes=21"], "data.num_classes"),
+    (["data.num_classes=21"], "data.num_classes"),  # beyond VOC's 20
+    (["data.num_classes=81"], "data.num_classes"),
     (["data.num_classes=0"], "data.num_classes"),
+    (["data.dataset=ade20k"], "data.dataset"),
+    (["data.dataset=coco", "data.num_classes=80"], "data.train_split"),  # COCO has train and val, no train_aug
+    (["data.dataset=coco", "data.train_split=train", "seg.init=coco", "seg.pretrained=x.pth"], "seg.init"),
     (["synth.num_classes=0"], "synth.num_classes"),
     (["synth.height=4"], "synth.height"),
     (["synth.splits={train_aug: -1}"], "synth.splits"),
@@ -112,6 +116,8 @@ BAD = [
     (["train.poly_power=-1"], "train.poly_power"),
     (["train.seed=-3"], "train.seed"),
     (["data.labels_from=json"], "data.labels_from"),
+    (["train.augment=gpu"], "train.augment"),
+    (["cam.resize=gpu"], "cam.resize"),
     (["seg.accumulation=0"], "seg.accumulation"),
     (["seg.accumulation=3", "seg.batch_size=8"], "seg.batch_size"),  # 8 images do not split into 3 sub-batches
     (["seg.lr_every=0"], "seg.lr_every"),
@@ -223,10 +229,11 @@ def test_load_config_resolves_once_and_idempotently(tmp_path, monkeypatch):
 
 def test_packaged_configs_load_by_name_from_any_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    assert packaged_configs() == ["synthetic", "tiny", "voc", "voc-fast", "vwl-l", "vwl-l-fast", "vwl-m", "vwl-m-fast"]
+    assert packaged_configs() == ["coco", "synthetic", "tiny", "voc", "voc-fast", "vwl-l", "vwl-l-fast", "vwl-m",
+                                  "vwl-m-fast"]
     for name in packaged_configs():
         assert load_config(name).out_dir.startswith(str(tmp_path))
-    with pytest.raises(ConfigError, match="no such config file .*packaged configs: synthetic, tiny, voc, voc-fast"):
+    with pytest.raises(ConfigError, match="no such config file .*packaged configs: coco, synthetic, tiny, voc, voc-fast"):
         load_config("nope")
 
 

@@ -83,16 +83,23 @@ class CrfConfig:
 
 @dataclass
 class DataConfig:
+    # voc: PASCAL VOC 2012 (+ SBD), 20 classes | coco: COCO-2014, 80 classes, converted by `vwe data prepare-coco`
+    #      from data.coco_root into data.root (the same folder layout, with splits train and val)
+    dataset: Literal["voc", "coco"] = "voc"
     root: str = "data/VOCdevkit/VOC2012"  # the devkit's VOC2012 folder; "{out_dir}" expands to out_dir
     sbd_root: str = ""  # optional SBD `dataset/` folder with train.txt / val.txt (for train_aug without Aug masks)
     train_split: str = "train_aug"  # classifier and DeepLab training list, METHOD §1.6
     cam_split: str = "train"  # split whose CAMs are evaluated (paper's CAM table uses VOC train)
     eval_split: str = "val"  # split for the final segmentation mIoU
-    num_classes: Annotated[int, Range(1, 20)] = 20  # foreground classes; label 0 is background, 255 ignore
+    num_classes: Annotated[int, Range(1, 80)] = 20  # foreground classes (VOC 20, COCO 80); 0 background, 255 ignore
     # image-level labels from the annotation XMLs (the authors' cls_labels, METHOD §6) or from the masks; either
     # falls back to the other for an image without one; `vwe data check` counts the images where they disagree
     labels_from: Literal["xml", "masks"] = "xml"
     skip_bad: bool = False  # record unreadable or inconsistent files in a report and go on, instead of failing
+    # COCO's own layout (train2014/, val2014/, annotations/instances_*.json) that prepare-coco reads; with
+    # synth.enabled and dataset coco the synthetic benchmark is written here in COCO's format first;
+    # "{out_dir}" expands to out_dir
+    coco_root: str = "data/coco"
 
 
 @dataclass
@@ -144,9 +151,14 @@ class TrainConfig:
     flip: bool = True
     loader_workers: NonNegative = 4  # DataLoader processes per training worker
     seed: NonNegative = 1
-    amp: bool = False  # bf16 autocast on GPU (ignored on CPU); the authors ran fp32
-    channels_last: bool = False  # GPU only
-    compile: bool = False  # torch.compile the model (GPU)
+    # the speed settings, on whatever device the run has (the CPU runs them too, which is how the tests cover them)
+    amp: bool = False  # bf16 autocast; the authors ran fp32
+    channels_last: bool = False  # NHWC model and inputs
+    compile: bool = False  # torch.compile the model
+    fuse_bn: bool = False  # the frozen BN folded into the conv before it (the same function, one pass less)
+    # auto: on the device with ray.use_gpu, else host | host: PIL in the DataLoader workers | device: the workers
+    #       only decode, resize/flip/crop/normalise run batched on the device with the same pixels
+    augment: Literal["auto", "host", "device"] = "auto"
     log_every: Positive = 20  # steps between progress lines / host syncs
     checkpoint_every: Positive = 200  # steps between checkpoints (plus one at each epoch end)
     max_steps: NonNegative = 0  # > 0 stops early (tests, smoke runs); the LR schedule still spans the full run
@@ -164,7 +176,11 @@ class CamConfig:
     batch_size: Positive = 8  # images per inference batch (per actor)
     dtype: Literal["float16", "float32"] = "float16"  # storage dtype of saved CAMs
     num_actors: NonNegative = 0  # inference actors; 0 = one per GPU (ray.use_gpu) or one on CPU
-    amp: bool = False  # bf16 autocast on GPU (ignored on CPU); the authors ran fp32
+    amp: bool = False  # bf16 autocast; the authors ran fp32
+    channels_last: bool = False  # NHWC model and inputs
+    # where the scaled images are made, the same pixels either way: auto: on the device with ray.use_gpu, else
+    # host | host: PIL | device: `vwe.data.pil_resize` on the device
+    resize: Literal["auto", "host", "device"] = "auto"
     # the classifier weights that make the CAMs: 0 = the final ones; N = those after epoch N (training keeps them in
     # classifier/epoch_N/); VWL-L's CAM inference loads epoch 5 of 6 (METHOD §1.7, P4)
     classifier_epoch: NonNegative = 0
@@ -215,7 +231,7 @@ class IrnConfig:
     background_score: Fraction = 0.25  # background plane of the walked, max-normalised CAMs (sem_seg_bg_thres)
     num_actors: NonNegative = 0  # make-sem-seg actors; 0 = one per GPU (ray.use_gpu) or one on CPU
     infer_batch_size: Positive = 8  # images per make-sem-seg call (one walk over the batch)
-    amp: bool = False  # bf16 autocast of the backbone on GPU (ignored on CPU); the walk always runs in fp32
+    amp: bool = False  # bf16 autocast of the network; the walk always runs in fp32
     loader_workers: NonNegative = 4  # DataLoader processes per training worker
     seed: NonNegative = 1
     log_every: Positive = 20
@@ -264,9 +280,10 @@ class SegConfig:
     test_split: str = "test"  # split packed by export-voc for the VOC evaluation server
     num_actors: NonNegative = 0  # inference actors; 0 = one per GPU (ray.use_gpu) or one on CPU
     infer_batch_size: Positive = 4  # images per inference call; each runs alone at full size (batch 1, METHOD §5)
-    amp: bool = False  # bf16 autocast on GPU (ignored on CPU), training and inference; the authors ran fp32
-    channels_last: bool = False  # GPU only
-    compile: bool = False  # torch.compile the training model (GPU)
+    amp: bool = False  # bf16 autocast, training and inference; the authors ran fp32
+    channels_last: bool = False  # NHWC model and inputs, training and inference
+    compile: bool = False  # torch.compile the training model
+    fuse_bn: bool = False  # the frozen BN folded into the conv before it, training and inference
     loader_workers: NonNegative = 4  # DataLoader processes per training worker
     seed: NonNegative = 1
     log_every: Positive = 20  # steps between progress lines / host syncs
@@ -340,7 +357,7 @@ class Config:
         """
         out_dir = self.out_dir if is_uri(self.out_dir) else str(Path(self.out_dir).resolve())
         overrides: dict[str, Any] = {"out_dir": out_dir}
-        for key in ("data.root", "data.sbd_root", "ray.storage_path", "seg.labels_dir", "seg.pretrained",
+        for key in ("data.root", "data.sbd_root", "data.coco_root", "ray.storage_path", "seg.labels_dir", "seg.pretrained",
                     "model.pretrained", "irn.pretrained"):
             value = self.get(key).replace("{out_dir}", out_dir)
             if value and "://" not in value:
@@ -394,7 +411,18 @@ def _check_rules(cfg: Config, source: str) -> None:
         fail("seg.pretrained", f"must name the checkpoint for seg.init = {cfg.seg.init}")
     if cfg.seg.init == "coco" and cfg.seg.backbone != "resnet101":
         fail("seg.backbone", "must be resnet101 for seg.init = coco (the COCO checkpoint is a ResNet-101)")
-    if cfg.synth.enabled and not cfg.synth.splits.get(cfg.data.train_split):
+    if cfg.data.dataset == "voc" and cfg.data.num_classes > 20:
+        fail("data.num_classes", "must be at most 20 for data.dataset = voc")
+    if cfg.data.dataset == "coco":
+        for key in ("data.train_split", "data.cam_split", "data.eval_split"):
+            if cfg.get(key) not in ("train", "val"):
+                fail(key, "must be train or val for data.dataset = coco (the splits prepare-coco writes)")
+        if cfg.seg.init == "coco":
+            fail("seg.init", "must not be coco for data.dataset = coco (that checkpoint learnt COCO's masks)")
+        if cfg.synth.enabled and not (cfg.synth.splits.get("train_aug") and cfg.synth.splits.get("val")):
+            fail("synth.splits", "must give train_aug and val images (COCO's train2014 and val2014) for data.dataset "
+                                 "= coco")
+    elif cfg.synth.enabled and not cfg.synth.splits.get(cfg.data.train_split):
         fail("synth.splits", f"must give data.train_split ({cfg.data.train_split!r}) some images")
 
 

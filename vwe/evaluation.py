@@ -18,7 +18,7 @@ from torch import nn
 
 from vwe import storage
 from vwe.cam import batched_cams, load_cam
-from vwe.data.voc import CLASSES, IGNORE, NUM_CLASSES, VOCDataset, read_image, read_mask
+from vwe.data.voc import CLASSES, IGNORE, NUM_CLASSES, VOCDataset, read_classes, read_image, read_mask
 from vwe.errors import DataError
 from vwe.io import write_json, write_text
 from vwe.metrics import ConfusionMatrix, confusion, sweep_confusions
@@ -85,10 +85,16 @@ def batch_confusion(batch: dict[str, np.ndarray], num_classes: int,
     return {"confusion": total[None], "images": np.array([len(batch["pred"])])}
 
 
-def summarize(matrix: np.ndarray) -> dict[str, Any]:
-    """mIoU, pixel accuracy, per-class IoU (None for classes absent from the ground truth) and the matrix."""
+def class_names(root: str | Path) -> tuple[str, ...]:
+    """"background" and the class names of the dataset folder `root` (VOC's, or COCO's after prepare-coco)."""
+    return ("background", *read_classes(root))
+
+
+def summarize(matrix: np.ndarray, names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
+    """mIoU, pixel accuracy, per-class IoU (None for classes absent from the ground truth, keyed by `names`) and the
+    matrix."""
     scores = ConfusionMatrix(len(matrix), matrix).compute()
-    return {"miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy, "iou": _per_class(scores.iou),
+    return {"miou": scores.miou, "pixel_accuracy": scores.pixel_accuracy, "iou": _per_class(scores.iou, names),
             "confusion": np.asarray(matrix).tolist()}
 
 
@@ -105,7 +111,8 @@ BEST_NOTE = ("best_*: the best background score of the sweep, chosen on the eval
              "number, not the protocol's (the papers report at a background score fixed beforehand)")
 
 
-def cam_scores(confusions: np.ndarray, background_score: float, sweep: list[float]) -> dict[str, Any]:
+def cam_scores(confusions: np.ndarray, background_score: float, sweep: list[float],
+               names: Sequence[str] = CLASS_NAMES) -> dict[str, Any]:
     """The CAM mIoU at the config's fixed `background_score` (the headline: "miou", "iou") and along the `sweep`,
     with the sweep's best beside it ("best_threshold", "best_miou", "best_iou": optimistic, see BEST_NOTE).
 
@@ -114,13 +121,15 @@ def cam_scores(confusions: np.ndarray, background_score: float, sweep: list[floa
     scores = [ConfusionMatrix(len(c), c).compute() for c in confusions]
     curve = [float(s.miou) for s in scores[1:]]
     best = int(np.nanargmax(curve))
-    return {"background_score": background_score, "miou": float(scores[0].miou), "iou": _per_class(scores[0].iou),
+    return {"background_score": background_score, "miou": float(scores[0].miou),
+            "iou": _per_class(scores[0].iou, names),
             "sweep": {"thresholds": list(sweep), "miou": curve}, "best_threshold": sweep[best],
-            "best_miou": curve[best], "best_iou": _per_class(scores[1 + best].iou), "note": BEST_NOTE}
+            "best_miou": curve[best], "best_iou": _per_class(scores[1 + best].iou, names),
+            "note": BEST_NOTE}
 
 
-def _per_class(iou: np.ndarray) -> dict[str, float | None]:
-    return {name: (None if np.isnan(v) else float(v)) for name, v in zip(CLASS_NAMES[:len(iou)], iou)}
+def _per_class(iou: np.ndarray, names: Sequence[str]) -> dict[str, float | None]:
+    return {name: (None if np.isnan(v) else float(v)) for name, v in zip(names[:len(iou)], iou)}
 
 
 def write_report(directory: str | Path, name: str, summary: dict[str, Any]) -> dict[str, str | Path]:
@@ -199,4 +208,5 @@ def model_cam_scores(model: nn.Module, root: str | Path, split: str, background_
                                           num_classes + 1)
     finally:
         model.train(was_training)
-    return {"split": split, "images": len(ids), **cam_scores(total, background_score, sweep)}
+    return {"split": split, "images": len(ids),
+            **cam_scores(total, background_score, sweep, ("background", *voc.classes))}

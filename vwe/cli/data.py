@@ -1,4 +1,5 @@
-"""`vwe data synth | check | prepare`: build the synthetic benchmark, validate a VOC folder, build train_aug."""
+"""`vwe data synth | check | prepare | prepare-coco`: build the synthetic benchmark, validate a VOC folder, build
+train_aug, convert COCO-2014 into the same layout."""
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prepare.add_argument("--root", help="VOC2012 folder (default: data.root)")
     prepare.add_argument("--sbd", help="SBD dataset/ folder with train.txt and val.txt (default: data.sbd_root)")
     prepare.set_defaults(handler=_prepare)
+
+    coco = actions.add_parser("prepare-coco", help="convert COCO-2014 (train2014/, val2014/, annotations/) into a "
+                                                   "VOC-format folder: class-index masks, split lists, label caches")
+    add_config_args(coco)
+    coco.add_argument("--root", help="the COCO folder (default: data.coco_root)")
+    coco.add_argument("--out", help="the VOC-format folder to write (default: data.root)")
+    coco.add_argument("--link", choices=("symlink", "hardlink", "copy"), default="symlink",
+                      help="how JPEGImages/ refers to the COCO images (default: symlink)")
+    coco.add_argument("--workers", type=_positive, help="processes drawing masks (default: the cores, at most 8)")
+    coco.set_defaults(handler=_prepare_coco)
 
 
 def _positive(text: str) -> int:
@@ -115,4 +126,17 @@ def _prepare(args: argparse.Namespace) -> int:
     counts = VOCDataset(root).prepare(sbd_root=args.sbd or cfg.data.sbd_root or None)
     print(f"{root}: wrote ImageSets/Segmentation/train_aug.txt and the labels cache; ids per split")
     _print_counts(counts, count_notes(counts))
+    return 0
+
+
+def _prepare_coco(args: argparse.Namespace) -> int:
+    from vwe.data.coco import SKIPPED_REPORT, prepare_coco
+
+    cfg = config_from_args(args)
+    out = args.out or cfg.data.root
+    summary = prepare_coco(args.root or cfg.data.coco_root, out, link=args.link, workers=args.workers)
+    for split, counts in summary["splits"].items():
+        print(f"  {split:<12}{counts['images']:>8,} images: {counts['written']:,} masks written, "
+              f"{counts['reused']:,} kept, {counts['skipped']:,} without annotations (listed in {SKIPPED_REPORT})")
+    print(f"{out}: a VOC-format COCO folder in {summary['seconds']:.1f} s; use it with --config coco")
     return 0

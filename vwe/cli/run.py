@@ -76,7 +76,6 @@ def results_text(cfg: Any) -> str:
     """The run's scores (what exists of them) next to the trivial baselines, and the final per-class table."""
     from vwe import storage
     from vwe.data.voc import VOCDataset
-    from vwe.evaluation import CLASS_NAMES
     from vwe.report import all_background_miou
     from vwe.run_folder import RunFolder
     from vwe.stages.eval_seg import scores_file
@@ -104,7 +103,7 @@ def results_text(cfg: Any) -> str:
     if final:
         cams = load(storage.join(run.cam_scores, f"{eval_split}.json")) or {"iou": {}}
         lines.append(f"  per class on {eval_split}: {'class':<12} {'CAMs':>6} {'final':>6}")
-        for name in CLASS_NAMES:
+        for name in ("background", *voc.classes):
             if final["iou"].get(name) is not None:
                 lines.append(f"  {'':>{len(eval_split) + 13}}{name:<12} {percent(cams['iou'].get(name)):>6} "
                              f"{percent(final['iou'][name]):>6}")

@@ -43,6 +43,9 @@ NUM_CLASSES = len(CLASSES)
 IGNORE = 255
 SPLITS = ("train", "val", "test", "train_aug")
 STANDARD_COUNTS = {"train": 1464, "val": 1449, "test": 1456, "train_aug": 10582}  # VOC 2012 + SBD, METHOD §6
+CLASSES_FILE = "vwe_classes.json"  # a dataset's own class names (COCO's 80, from `vwe data prepare-coco`)
+
+
 def labels_cache(labels_from: str) -> str:
     """The file, in a dataset root, that caches its image labels from `labels_from` (xml or masks)."""
     return f"vwe_cls_labels_{labels_from}.json"
@@ -150,18 +153,32 @@ def multi_hot(class_indices: Iterable[int], num_classes: int = NUM_CLASSES) -> n
     return labels
 
 
-def mask_classes(mask: np.ndarray, path: str | Path) -> list[int]:
-    """0-based classes present in a mask; a value outside 0..20 and 255 is a DataError naming `path`."""
+def mask_classes(mask: np.ndarray, path: str | Path, num_classes: int = NUM_CLASSES) -> list[int]:
+    """0-based classes present in a mask; a value outside 0..num_classes and 255 is a DataError naming `path`."""
     present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
-    bad = present[(present > NUM_CLASSES) & (present != IGNORE)]
+    bad = present[(present > num_classes) & (present != IGNORE)]
     if bad.size:
-        raise DataError(f"{path}: label values {bad.tolist()} outside 0..{NUM_CLASSES} and {IGNORE}")
-    return [int(v) - 1 for v in present if 1 <= v <= NUM_CLASSES]
+        raise DataError(f"{path}: label values {bad.tolist()} outside 0..{num_classes} and {IGNORE}")
+    return [int(v) - 1 for v in present if 1 <= v <= num_classes]
 
 
-def image_labels_from_mask(path: str | Path) -> np.ndarray:
-    """Multi-hot float32[20] image labels from a mask: label l in 1..20 sets index l - 1; 0 and 255 are ignored."""
-    return multi_hot(mask_classes(read_mask(path), path))
+def image_labels_from_mask(path: str | Path, num_classes: int = NUM_CLASSES) -> np.ndarray:
+    """Multi-hot float32[num_classes] image labels from a mask: label l sets index l - 1; 0 and 255 are ignored."""
+    return multi_hot(mask_classes(read_mask(path), path, num_classes), num_classes)
+
+
+def read_classes(root: str | Path) -> tuple[str, ...]:
+    """The class names of a dataset folder: its `vwe_classes.json` (a JSON list) when it has one, else VOC's 20."""
+    path = storage.join(root, CLASSES_FILE)
+    if not storage.is_file(path):
+        return CLASSES
+    try:
+        names = json.loads(storage.read_text(path))
+    except (OSError, ValueError) as err:
+        raise DataError(f"{path}: unreadable class list ({err})") from err
+    if not isinstance(names, list) or not 1 <= len(names) < IGNORE or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{path}: expected a JSON list of 1 to {IGNORE - 1} class names")
+    return tuple(names)
 
 
 def labels_from_annotation(xml_path: str | Path) -> np.ndarray:
@@ -239,12 +256,14 @@ class VOCDataset:
     """One VOC2012 folder: split lists, file paths per id, cached image-level labels, validation, split building.
 
     `root` is a local or NFS path (paths stay `Path`s) or an object-store URI (s3://..., paths are strings).
+    `classes` are the folder's class names (`read_classes`: VOC's 20, or those of `vwe_classes.json`).
     """
 
     def __init__(self, root: str | Path):
         self.root = storage.join(root)
         if not storage.is_dir(self.root):
             raise DataError(f"{self.root}: dataset folder not found")
+        self.classes = read_classes(self.root)
         self.split_dir = storage.join(self.root, "ImageSets", "Segmentation")
         self._listings: dict[str, set[str]] = {}
 
@@ -286,7 +305,7 @@ class VOCDataset:
         has_xml = self._has_file("Annotations", f"{image_id}.xml")
         if has_xml and (labels_from == "xml" or mask is None):
             return labels_from_annotation(self.annotation_path(image_id))
-        return image_labels_from_mask(mask) if mask is not None else None
+        return image_labels_from_mask(mask, len(self.classes)) if mask is not None else None
 
     def _has_file(self, folder: str, filename: str) -> bool:
         """Whether `<root>/<folder>/<filename>` exists. Locally one check per call; in an object store one listing
@@ -331,7 +350,7 @@ class VOCDataset:
                             cache_path, err.strerror)
         beyond = [i for i in wanted if i in cached and any(c >= num_classes for c in cached[i])]
         if beyond:
-            classes = sorted({CLASSES[c] for c in cached[beyond[0]] if c >= num_classes})
+            classes = sorted({self.classes[c] for c in cached[beyond[0]] if c >= num_classes})
             raise DataError(f"{self.root}: {len(beyond)} images have classes beyond the first {num_classes} "
                             f"(data.num_classes), e.g. {beyond[0]} ({', '.join(classes)})")
         return {i: multi_hot(cached[i], num_classes) for i in wanted if i in cached}
@@ -386,7 +405,7 @@ class VOCDataset:
             raise DataError(f"{storage.join(self.root, 'SegmentationClass')}: folder missing "
                             "(and no SegmentationClassAug/)")
 
-        report = CheckReport(counts=counts, notes=count_notes(counts))
+        report = CheckReport(counts=counts, notes=count_notes(counts) if self.classes == CLASSES else [])
         if sbd_root is not None:
             sbd_train, sbd_val = read_sbd_splits(sbd_root)
             report.notes.append(f"SBD lists: train {len(sbd_train):,}, val {len(sbd_val):,}")
@@ -408,7 +427,7 @@ class VOCDataset:
             image_id, from_mask, from_xml = disagree[0]
             report.notes.append(
                 f"note: {len(disagree)} of the {both} images with both a mask and an annotation list other classes in "
-                f"each, e.g. {image_id} (mask: {_names(from_mask)}; annotation: {_names(from_xml)}); "
+                f"each, e.g. {image_id} (mask: {self._names(from_mask)}; annotation: {self._names(from_xml)}); "
                 "data.labels_from decides which gives the image labels (xml, the authors' choice, by default)")
         report.label_disagreements = len(disagree)
         if skip_bad:
@@ -416,6 +435,9 @@ class VOCDataset:
             write_json(report.report_path, {"root": str(self.root), "bad": [
                 {"id": b.image_id, "file": b.file, "problem": b.problem} for b in report.bad]})
         return report
+
+    def _names(self, classes: list[int]) -> str:
+        return ", ".join(self.classes[c] for c in classes) or "none"
 
     def _check_id(self, image_id: str, need: str) -> tuple[BadFile | None, tuple[list[int], list[int]] | None]:
         """(the problem of an id, or None; its classes from the mask and from the XML when it has both)."""
@@ -436,7 +458,7 @@ class VOCDataset:
         if mask_path is not None:
             try:
                 mask = read_mask(mask_path)
-                from_mask = mask_classes(mask, mask_path)
+                from_mask = mask_classes(mask, mask_path, len(self.classes))
             except DataError as err:
                 return _bad(image_id, mask_path, err), None
             if mask.shape[::-1] != size:
@@ -449,10 +471,6 @@ class VOCDataset:
         if need == "labels" and not has_xml:
             return BadFile(image_id, str(xml), "no mask and no annotation: the id has no image-level labels"), None
         return None, None
-
-
-def _names(classes: list[int]) -> str:
-    return ", ".join(CLASSES[c] for c in classes) or "none"
 
 
 def _bad(image_id: str, path: str | Path, err: DataError) -> BadFile:

@@ -93,7 +93,8 @@ def example_cells(voc: VOCDataset, ids: Sequence[str], columns: list[tuple[str, 
 @torch.no_grad()
 def visual_word_patches(model: nn.Module, images: Sequence[np.ndarray], masks: Sequence[np.ndarray | None],
                         num_words: int = 16, patches_per_word: int = 8, patch_size: int | None = None,
-                        device: str | torch.device = "cpu") -> list[WordPatches]:
+                        device: str | torch.device = "cpu",
+                        names: Sequence[str] = CLASS_NAMES) -> list[WordPatches]:
     """The `num_words` most used words of `model.words` (by nearest-word counts over the images' feature
     locations; words never nearest are left out) and, for each, crops around its `patches_per_word` most similar
     locations, at most one per image.
@@ -133,7 +134,7 @@ def visual_word_patches(model: nn.Module, images: Sequence[np.ndarray], masks: S
         results.append(WordPatches(
             word=int(word), usage=float(counts[word] / max(1, counts.sum())),
             background_share=float(classes[0] / total) if total else None,
-            top_class=(CLASS_NAMES[top] if top < len(CLASS_NAMES) else str(top)) if classes[top] else None,
+            top_class=(names[top] if top < len(names) else str(top)) if classes[top] else None,
             top_share=float(classes[top] / total) if total else 0.0,
             patches=patches, similarity=[float(similarities[i, word]) for i in order]))
     return results

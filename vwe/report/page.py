@@ -23,7 +23,6 @@ from vwe.report.figures import CELL, PALETTE, PATCH_PX, example_cells, example_c
 from vwe.report.plots import loss_terms, plot_ablation, plot_cam_curves, plot_losses, plot_stage_seconds
 from vwe.report.reading import TRAINED, Run, cam_eval_file, or_default, sample_ids
 from vwe.report.reference import Key, Reference, references
-from vwe.evaluation import CLASS_NAMES
 
 Section = dict[str, Any]
 _TEMPLATES = jinja2.Environment(loader=jinja2.PackageLoader("vwe", "report"), autoescape=True,
@@ -229,7 +228,8 @@ def examples(run: Run, voc: VOCDataset, num_examples: int, written: list[str | P
             caption += f" Predictions: {seg.label}, from {_relative(predictions, run.folder.root)}."
         parts.append(_figure(path, f"examples of {grid_split}", caption))
     classes = sorted({c for _, _, chosen in grids for i in chosen for c in _present(voc, i)})
-    legend = [_swatch(c, CLASS_NAMES[c]) for c in classes if c < len(CLASS_NAMES)]
+    names = ("background", *voc.classes)
+    legend = [_swatch(c, names[c]) for c in classes if c < len(names)]
     return {"note": None, "parts": parts, "legend": [*legend, _swatch(IGNORE, "unsure / ignored (255)")]}
 
 
@@ -250,7 +250,8 @@ def words(run: Run, voc: VOCDataset, num_words: int, patches_per_word: int, word
         return note(f"No images of {split} to search for patches.")
     images = [read_image(voc.image_path(i)) for i in ids]
     masks = [read_mask(p) if (p := voc.mask_path(i)) is not None else None for i in ids]
-    found = visual_word_patches(model, images, masks, num_words, patches_per_word, patch_size, device)
+    found = visual_word_patches(model, images, masks, num_words, patches_per_word, patch_size, device,
+                                ("background", *voc.classes))
     path = storage.join(run.folder.report_pictures, "visual_words.png")
     titles = [f"word {w.word}: {_share(w.usage)}"
               + (f"\nbackground {_share(w.background_share)}" if w.background_share is not None else "")
@@ -315,7 +316,7 @@ def _relative(path: str | Path, folder: str | Path) -> str:
 
 
 def _row_title(voc: VOCDataset, image_id: str) -> str:
-    names = [CLASS_NAMES[c] for c in _present(voc, image_id) if 0 < c < len(CLASS_NAMES)]
+    names = [voc.classes[c - 1] for c in _present(voc, image_id) if 0 < c <= len(voc.classes)]
     return image_id + "".join(f"\n{name}" for name in names[:4]) + ("\n..." if len(names) > 4 else "")
 
 

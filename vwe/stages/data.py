@@ -1,5 +1,7 @@
-"""Stage 0: the dataset. Writes the synthetic benchmark into data.root when synth.enabled, then checks the VOC
-folder (every split's files, masks against images) and records the counts in `<out_dir>/data_check.json`."""
+"""Stage 0: the dataset. Writes the synthetic benchmark into data.root when synth.enabled (for data.dataset coco:
+in COCO's format into data.coco_root, then converted into data.root as `vwe data prepare-coco` does), then checks
+the VOC-format folder (every split's files, masks against images) and records the counts in
+`<out_dir>/data_check.json`."""
 from __future__ import annotations
 
 import logging
@@ -7,7 +9,9 @@ from typing import Any
 
 from vwe import storage
 from vwe.config import Config
+from vwe.data.coco import prepare_coco
 from vwe.data.synth import generate
+from vwe.data.synth_coco import generate_coco
 from vwe.data.voc import VOCDataset
 from vwe.io import write_json
 from vwe.run_folder import RunFolder
@@ -18,8 +22,15 @@ log = logging.getLogger(__name__)
 
 def run(cfg: Config) -> dict[str, Any]:
     summary: dict[str, Any] = {}
-    if cfg.synth.enabled:
-        synth = cfg.synth
+    synth = cfg.synth
+    if cfg.data.dataset == "coco":
+        if synth.enabled:
+            splits = {"train2014": synth.splits["train_aug"], "val2014": synth.splits["val"]}
+            # a few images without annotations and with crowd regions, so a run meets what real COCO holds
+            summary["synth"] = generate_coco(cfg.data.coco_root, splits, synth.height, synth.width, seed=synth.seed,
+                                             num_classes=synth.num_classes, empty_every=25, crowd_every=5)
+        summary["coco"] = prepare_coco(cfg.data.coco_root, cfg.data.root)
+    elif synth.enabled:
         summary["synth"] = generate(cfg.data.root, synth.splits, synth.height, synth.width,
                                     num_classes=synth.num_classes, seed=synth.seed, part_scale=synth.part_scale,
                                     context_bias=synth.context_bias)
@@ -37,4 +48,4 @@ STAGE = Stage(
     name="data", run=run,
     is_complete=lambda cfg: storage.is_file(RunFolder.of(cfg).data_check),
     outputs=lambda cfg: [RunFolder.of(cfg).data_check],
-    depends_on=("data.root", "data.sbd_root", "data.skip_bad", "synth"))
+    depends_on=("data.dataset", "data.root", "data.sbd_root", "data.coco_root", "data.skip_bad", "synth"))

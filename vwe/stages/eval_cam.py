@@ -54,7 +54,8 @@ def evaluate_cams(cfg: Config, split: str | None = None) -> dict[str, Any]:
                                                        "num_classes": cfg.data.num_classes}),
                          ("confusions",), cfg.ray, f"eval-cam {split}")
     summary = {"split": split, "images": int(totals["images"]),
-               **cam_scores(totals["confusions"], cfg.cam.background_score, list(cfg.cam.sweep))}
+               **cam_scores(totals["confusions"], cfg.cam.background_score, list(cfg.cam.sweep),
+                           ("background", *voc.classes))}
     files = write_report(run.cam_scores, split, summary)
     return {**summary, "files": {k: str(v) for k, v in files.items()}}
 

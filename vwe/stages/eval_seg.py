@@ -11,7 +11,7 @@ from typing import Any
 
 from vwe import storage
 from vwe.config import Config
-from vwe.evaluation import batch_confusion, eval_items, summarize, write_report
+from vwe.evaluation import batch_confusion, class_names, eval_items, summarize, write_report
 from vwe.ray.data import Tasks, sum_batches
 from vwe.run_folder import RunFolder
 from vwe.stages.stage import Stage
@@ -27,7 +27,8 @@ def score_labels(cfg: Config, split: str, label_dir: str | Path, hint: str,
     totals = sum_batches(items, Tasks(batch_confusion, 8, {"num_classes": num_classes,
                                                            "unsure_as_background": unsure_as_background}),
                          ("confusion",), cfg.ray, f"score {storage.name(label_dir)} on {split}")
-    return {"split": split, "images": int(totals["images"]), **summarize(totals["confusion"])}
+    return {"split": split, "images": int(totals["images"]),
+            **summarize(totals["confusion"], class_names(cfg.data.root))}
 
 
 def write_label_scores(cfg: Config, split: str, label_dir: str | Path, hint: str, scores_dir: str | Path, name: str,
