@@ -233,7 +233,7 @@ def test_packaged_configs_load_by_name_from_any_folder(tmp_path, monkeypatch):
                                   "vwl-m-fast"]
     for name in packaged_configs():
         assert load_config(name).out_dir.startswith(str(tmp_path))
-    with pytest.raises(ConfigError, match="no such config file .*packaged configs: coco, synthetic, tiny, voc, voc-fast"):
+    with pytest.raises(ConfigError, match="no such config file .*packaged configs: coco, synthetic, tiny, voc"):
         load_config("nope")
 
 

@@ -357,8 +357,8 @@ class Config:
         """
         out_dir = self.out_dir if is_uri(self.out_dir) else str(Path(self.out_dir).resolve())
         overrides: dict[str, Any] = {"out_dir": out_dir}
-        for key in ("data.root", "data.sbd_root", "data.coco_root", "ray.storage_path", "seg.labels_dir", "seg.pretrained",
-                    "model.pretrained", "irn.pretrained"):
+        for key in ("data.root", "data.sbd_root", "data.coco_root", "ray.storage_path", "seg.labels_dir",
+                    "seg.pretrained", "model.pretrained", "irn.pretrained"):
             value = self.get(key).replace("{out_dir}", out_dir)
             if value and "://" not in value:
                 value = str(Path(value).resolve())
