@@ -19,16 +19,37 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 
 
-@pytest.fixture(scope="module")
-def ray_local():
-    """A private 2-CPU local Ray, started by the first module that needs it and kept for the next ones (Ray stops
-    at exit). A module that needs other settings (test_tune.py) shuts it down and starts its own."""
+def _local_ray():
     import ray
 
     if not ray.is_initialized():
         ray.init(address="local", num_cpus=2, num_gpus=0, include_dashboard=False, log_to_driver=False,
                  object_store_memory=256 * 1024**2)
     return ray
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    """A private 2-CPU local Ray, started by the first module that needs it and kept for the next ones (Ray stops
+    at exit). A module that needs other settings (test_tune.py) shuts it down and starts its own."""
+    return _local_ray()
+
+
+TINY_COCO_IRNET = ["data.dataset=coco", "data.num_classes=80", "data.train_split=train", "data.cam_split=train",
+                   "pseudo.method=irnet"]
+
+
+@pytest.fixture(scope="session")
+def coco_irnet_run(tmp_path_factory):
+    """One tiny `vwe run` shared by test_irnet.py and test_coco_pipeline.py (a run costs most of a minute): the
+    synthetic benchmark in COCO's format, an 80-class head, IRNet's labels, so all 11 stages; its config."""
+    from vwe.cli import main
+    from vwe.config import load_config
+
+    _local_ray()
+    out = tmp_path_factory.mktemp("coco_irnet_run")
+    assert main(["run", "--config", "tiny", "--out", str(out), "--set", *TINY_COCO_IRNET]) == 0
+    return load_config("tiny", [f"out_dir={out}", *TINY_COCO_IRNET])
 
 
 @pytest.fixture(scope="session")

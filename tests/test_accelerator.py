@@ -172,6 +172,5 @@ def test_auto_settings_follow_the_device():
     cpu, gpu = Accelerator(torch.device("cpu")), Accelerator(torch.device("cuda"))
     assert not cpu.on_device("auto") and gpu.on_device("auto")
     assert cpu.on_device("device") and not gpu.on_device("host")
-    assert not cpu.pin_memory and gpu.pin_memory
     assert Accelerator.of(load_config("voc-fast").train, "cpu") == Accelerator(
         torch.device("cpu"), amp=True, channels_last=True, compile=True, fuse_bn=True)

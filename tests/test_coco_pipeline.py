@@ -7,22 +7,20 @@ import pytest
 import torch
 
 from vwe.cli import main
-from vwe.config import load_config
 from vwe.data.coco import COCO_CLASSES
 from vwe.data.voc import CLASSES, VOCDataset
 from vwe.run_folder import RunFolder
 from vwe.stages.train_cam import load_trained_classifier
 from vwe.stages.train_seg import load_trained_deeplab
 
-COCO = ["data.dataset=coco", "data.num_classes=80", "data.train_split=train", "data.cam_split=train"]
-STAGES = ["data", "train_cam", "make_cam", "eval_cam", "make_pseudo", "train_seg", "infer_seg", "eval_seg", "report"]
+STAGES = ["data", "train_cam", "make_cam", "eval_cam", "make_pseudo", "train_irn", "make_sem_seg", "train_seg",
+          "infer_seg", "eval_seg", "report"]
 
 
 @pytest.fixture(scope="module")
-def coco_run(ray_local, tmp_path_factory):
-    out = tmp_path_factory.mktemp("coco_run")
-    assert main(["run", "--config", "tiny", "--out", str(out), "--set", *COCO]) == 0
-    return load_config("tiny", [f"out_dir={out}", *COCO])
+def coco_run(coco_irnet_run):
+    """The shared tiny run on the synthetic benchmark in COCO's format (with IRNet's labels: every stage)."""
+    return coco_irnet_run
 
 
 def test_a_tiny_coco_run_trains_an_80_class_head_and_scores_every_stage(coco_run):
@@ -33,7 +31,8 @@ def test_a_tiny_coco_run_trains_an_80_class_head_and_scores_every_stage(coco_run
     assert classifier.classifier.weight.shape[0] == 80
     deeplab, _ = load_trained_deeplab(run.deeplab)
     assert deeplab(torch.zeros(1, 3, 64, 64)).shape[1] == 81
-    for name in ("eval_cam/train.json", "eval_cam/val.json", "eval_labels/pseudo_train.json", "eval_seg/val.json"):
+    for name in ("eval_cam/train.json", "eval_cam/val.json", "eval_labels/pseudo_train.json",
+                 "eval_sem_seg/train.json", "eval_seg/val.json"):
         scores = json.loads((Path(run.root) / name).read_text())
         assert 0 <= scores["miou"] <= 1
         # per-class scores under COCO's names; the benchmark's objects are VOC's classes under their COCO names

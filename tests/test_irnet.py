@@ -16,7 +16,6 @@ import torch
 from vwe.affinity import affinity_labels, path_affinity, random_walk, walk_to_label
 from vwe.cam import load_cam
 from vwe.checkpoint import LocalSession
-from vwe.cli import main
 from vwe.config import Config, load_config
 from vwe.data.synth import generate
 from vwe.data.voc import IGNORE, VOCDataset, read_image, read_mask, write_mask
@@ -126,11 +125,10 @@ def test_train_irn_without_confident_labels_names_the_command(data, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def irnet_run(ray_local, tmp_path_factory):
-    """`vwe run --config tiny --set pseudo.method=irnet`, in this process."""
-    out = tmp_path_factory.mktemp("irnet_run")
-    assert main(["run", "--config", "tiny", "--out", str(out), "--set", "pseudo.method=irnet"]) == 0
-    return load_config("tiny", [f"out_dir={out}", "pseudo.method=irnet"])
+def irnet_run(coco_irnet_run):
+    """The shared tiny run with `pseudo.method=irnet` (on the synthetic benchmark in COCO's format, whose training
+    split is `train`)."""
+    return coco_irnet_run
 
 
 def test_a_tiny_run_with_irnet_runs_and_scores_every_stage(irnet_run):
@@ -140,7 +138,7 @@ def test_a_tiny_run_with_irnet_runs_and_scores_every_stage(irnet_run):
                              "train_seg", "infer_seg", "eval_seg", "report"]
     assert all(not record["skipped"] for record in records.values())
     voc = VOCDataset(irnet_run.data.root)
-    assert {p.stem for p in Path(run.sem_seg_labels).glob("*.png")} == set(voc.split_ids("train_aug"))
+    assert {p.stem for p in Path(run.sem_seg_labels).glob("*.png")} == set(voc.split_ids("train"))
     scores = json.loads((Path(run.sem_seg_label_scores) / "train.json").read_text())
     assert scores["images"] == len(voc.split_ids("train")) and 0 <= scores["miou"] <= 1
     assert records["make_sem_seg"]["result"]["miou"] == scores["miou"]
@@ -167,7 +165,7 @@ def test_make_sem_seg_labels_equal_the_direct_walk(irnet_run):
 
 def test_make_sem_seg_redoes_only_the_missing_labels(irnet_run):
     cfg, run = irnet_run, RunFolder.of(irnet_run)
-    ids = VOCDataset(cfg.data.root).split_ids("train_aug")
+    ids = VOCDataset(cfg.data.root).split_ids("train")
     os.remove(run.sem_seg_label(ids[0]))
     Path(run.sem_seg_label(ids[1])).write_bytes(Path(run.sem_seg_label(ids[1])).read_bytes()[:40])  # a killed write
     kept = {i: os.stat(run.sem_seg_label(i)).st_mtime_ns for i in ids[2:]}

@@ -80,39 +80,40 @@ def test_second_run_skips_everything(run_dir, capsys):
     assert "results (mIoU %)" in out and "final model" in out and f"report: {run_dir}" in out
 
 
+# The re-run tests below pick late stages, so each re-runs a few seconds of the pipeline, not the trainings.
 def test_deleting_one_stage_reruns_it_and_the_later_ones(run_dir):
-    model_stamp = (run_dir / "classifier" / "model.pth").stat().st_mtime_ns
-    shutil.rmtree(run_dir / "pseudo_labels")
+    model_stamp = (run_dir / "deeplab" / "model.pth").stat().st_mtime_ns
+    shutil.rmtree(run_dir / "seg")
     assert main(["run", "--config", "tiny", "--out", str(run_dir)]) == 0
     ran = stage_runs(run_dir)
-    assert [s for s in STAGES if ran[s]] == STAGES[STAGES.index("make_pseudo"):]
-    assert (run_dir / "classifier" / "model.pth").stat().st_mtime_ns == model_stamp
-    assert len(list((run_dir / "pseudo_labels").glob("*.png"))) == 96
+    assert [s for s in STAGES if ran[s]] == STAGES[STAGES.index("infer_seg"):]
+    assert (run_dir / "deeplab" / "model.pth").stat().st_mtime_ns == model_stamp
+    assert len(list((run_dir / "seg" / "val").glob("*.png"))) == 32
 
 
 def test_a_changed_config_field_reruns_its_stage_and_the_later_ones(run_dir, caplog):
-    model_stamp = (run_dir / "classifier" / "model.pth").stat().st_mtime_ns
-    recorded = json.loads((run_dir / "stages.json").read_text())["make_cam"]["fingerprint"]
-    assert recorded["cam.scales"] == [1.0, 0.5]
+    model_stamp = (run_dir / "deeplab" / "model.pth").stat().st_mtime_ns
+    recorded = json.loads((run_dir / "stages.json").read_text())["infer_seg"]["fingerprint"]
+    assert recorded["seg.test_scales"] == [1.0, 0.5]
     with caplog.at_level("INFO", logger="vwe.pipeline"):
-        assert main(["run", "--config", "tiny", "--out", str(run_dir), "--set", "cam.scales=[1.0]"]) == 0
+        assert main(["run", "--config", "tiny", "--out", str(run_dir), "--set", "seg.test_scales=[1.0]"]) == 0
     ran = stage_runs(run_dir)
-    assert [s for s in STAGES if ran[s]] == STAGES[STAGES.index("make_cam"):]
-    assert "stage make_cam: cam.scales changed since its outputs were made: running it again" in caplog.text
-    assert (run_dir / "classifier" / "model.pth").stat().st_mtime_ns == model_stamp
-    assert json.loads((run_dir / "stages.json").read_text())["make_cam"]["fingerprint"]["cam.scales"] == [1.0]
+    assert [s for s in STAGES if ran[s]] == STAGES[STAGES.index("infer_seg"):]
+    assert "stage infer_seg: seg.test_scales changed since its outputs were made: running it again" in caplog.text
+    assert (run_dir / "deeplab" / "model.pth").stat().st_mtime_ns == model_stamp
+    assert json.loads((run_dir / "stages.json").read_text())["infer_seg"]["fingerprint"]["seg.test_scales"] == [1.0]
     # the same config again: nothing is stale any more
-    assert main(["run", "--config", "tiny", "--out", str(run_dir), "--set", "cam.scales=[1.0]"]) == 0
+    assert main(["run", "--config", "tiny", "--out", str(run_dir), "--set", "seg.test_scales=[1.0]"]) == 0
     assert not any(stage_runs(run_dir).values())
 
 
 def test_a_stage_that_ran_makes_the_later_ones_stale_in_the_next_command_too(run_dir):
-    """make_cam forced alone (say the command was stopped right after it): the next full run redoes what follows,
+    """infer_seg forced alone (say the command was stopped right after it): the next full run redoes what follows,
     though those outputs look complete."""
-    assert main(["run", "--config", "tiny", "--out", str(run_dir), "--force", "make_cam", "--until", "make_cam"]) == 0
+    assert main(["run", "--config", "tiny", "--out", str(run_dir), "--force", "infer_seg", "--until", "infer_seg"]) == 0
     assert main(["run", "--config", "tiny", "--out", str(run_dir)]) == 0
     ran = stage_runs(run_dir)
-    assert [s for s in STAGES if ran[s]] == STAGES[STAGES.index("eval_cam"):]
+    assert [s for s in STAGES if ran[s]] == STAGES[STAGES.index("eval_seg"):]
     records = json.loads((run_dir / "stages.json").read_text())
     assert all(records[s]["complete"] for s in STAGES)
     made = [records[s]["made"] for s in STAGES]

@@ -34,11 +34,6 @@ class Accelerator:
     def dtype(self) -> torch.dtype:
         return torch.bfloat16 if self.amp else torch.float32
 
-    @property
-    def pin_memory(self) -> bool:
-        """Page-locked loader batches, so the copies to the device overlap compute (CUDA only)."""
-        return self.device.type == "cuda"
-
     def on_device(self, choice: str) -> bool:
         """Whether an `auto | host | device` setting (image resizing, augmentation) means the device: auto is
         the device unless that is the CPU, where PIL is faster."""
