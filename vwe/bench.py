@@ -412,10 +412,11 @@ def bench_irn(sizes: tuple[tuple[int, int], ...] = ((375, 500), (640, 480)), bat
             _sync(device)
             sparse_rate = batches * batch / (time.perf_counter() - start)
             # weights per plane (offsets x cells) plus the values, their padded copy and the step's output
-            sparse_bytes = _peak(device) if gpu else 4 * h * w * 2 * batch * (len(walk_offsets(radius)) + 3)
+            sparse_mb = (peak_memory_mb(device) if gpu
+                         else 4 * h * w * 2 * batch * (len(walk_offsets(radius)) + 3) / 2**20)
             n = h * w
             row = {"device": device_name(device), "image": f"{height}x{width}", "cells": n, "steps": 2 ** exp_times,
-                   "batch": batch, "sparse_img_s": round(sparse_rate, 2), "sparse_peak_mb": round(sparse_bytes / 2**20)}
+                   "batch": batch, "sparse_img_s": round(sparse_rate, 2), "sparse_peak_mb": round(sparse_mb)}
             if limit is None or n <= limit:
                 _reset_peak(device)
                 _sync(device)
@@ -434,8 +435,8 @@ def bench_irn(sizes: tuple[tuple[int, int], ...] = ((375, 500), (640, 480)), bat
                 dense_seconds = exp_times * 2 * n**3 / flops
                 row.update(dense_img_s=round(1 / dense_seconds, 5), dense_estimated=True, max_rel_diff=None)
             # the matrix, its square and the product's workspace
-            dense_bytes = _peak(device) if gpu and not row["dense_estimated"] else 3 * 4 * n * n
-            row.update(dense_peak_mb=round(dense_bytes / 2**20),
+            dense_mb = peak_memory_mb(device) if gpu and not row["dense_estimated"] else 3 * 4 * n * n / 2**20
+            row.update(dense_peak_mb=round(dense_mb),
                        speedup=round(row["sparse_img_s"] / row["dense_img_s"], 1))
             rows.append(row)
     return rows
@@ -445,6 +446,3 @@ def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-
-def _peak(device: torch.device) -> int:
-    return torch.cuda.max_memory_allocated(device)

@@ -43,10 +43,12 @@ from vwe.data.voc import (
     CLASSES,
     CLASSES_FILE,
     IGNORE,
-    _read_labels_cache,
     image_size,
     label_is_complete,
     labels_cache,
+    labels_cache_text,
+    mask_classes,
+    read_labels_cache,
     read_mask,
     write_mask,
 )
@@ -79,7 +81,6 @@ VOC_TO_COCO = {name: _RENAMED.get(name, name) for name in CLASSES}
 SKIPPED_REPORT = "vwe_coco_skipped.json"
 LINK_MODES = ("symlink", "hardlink", "copy")
 _LABEL_OF = {category_id: index + 1 for index, category_id in enumerate(COCO_CATEGORY_IDS)}
-_CACHE_FORMAT = 1  # the format of vwe.data.voc's labels caches
 _TASK_CHUNK = 16  # images per task sent to a worker process
 
 assert len(COCO_CATEGORY_IDS) == len(COCO_CLASSES) == 80
@@ -225,12 +226,6 @@ def image_classes(annotations: list[dict[str, Any]]) -> list[int]:
     return sorted({_annotation_label(annotation) - 1 for annotation in annotations})
 
 
-def mask_label_classes(mask: np.ndarray) -> list[int]:
-    """Sorted 0-based class indices present in a COCO class mask (values 1..80; 0 and 255 are not classes)."""
-    present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))
-    return [int(v) - 1 for v in present if 1 <= v <= NUM_COCO_CLASSES]
-
-
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -332,13 +327,13 @@ def _convert(task: _Task) -> tuple[bool, list[int]]:
     _link(task.image_path, task.out / "JPEGImages" / f"{task.name}.jpg", task.link)
     mask_path = task.out / "SegmentationClass" / f"{task.name}.png"
     if label_is_complete(mask_path, (task.height, task.width)):
-        return False, mask_label_classes(read_mask(mask_path))
+        return False, mask_classes(read_mask(mask_path), mask_path, NUM_COCO_CLASSES)
     try:
         mask = class_mask(task.annotations, task.height, task.width)
     except DataError as err:
         raise DataError(f"{task.annotation_file}: {err} (image id {task.image_id})") from err
     write_mask(mask_path, mask)
-    return True, mask_label_classes(mask)
+    return True, mask_classes(mask, mask_path, NUM_COCO_CLASSES)
 
 
 def _convert_chunk(tasks: list[_Task]) -> list[tuple[bool, list[int]]]:
@@ -372,11 +367,8 @@ def _write_if_changed(path: Path, text: str) -> None:
 
 def _write_labels_cache(path: Path, labels: dict[str, list[int]]) -> None:
     """Merges `labels` into the VOC toolkit's labels cache at `path` (format 1: id -> 0-based class indices)."""
-    cached, unlabeled = _read_labels_cache(path)
-    merged = {**cached, **labels}
-    data = {"format": _CACHE_FORMAT, "labels": dict(sorted(merged.items())),
-            "unlabeled": sorted(unlabeled - set(labels))}
-    _write_if_changed(path, json.dumps(data, separators=(",", ":")) + "\n")
+    cached, unlabeled = read_labels_cache(path)
+    _write_if_changed(path, labels_cache_text({**cached, **labels}, unlabeled - set(labels)))
 
 
 def prepare_coco(root: str | Path, out: str | Path, *, splits: tuple[str, ...] = ("train2014", "val2014"),

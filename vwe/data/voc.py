@@ -332,7 +332,7 @@ class VOCDataset:
         cached: dict[str, list[int]] = {}
         unlabeled: set[str] = set()
         if not refresh:
-            cached, unlabeled = _read_labels_cache(cache_path)
+            cached, unlabeled = read_labels_cache(cache_path)
         missing = [i for i in wanted if i not in cached and i not in unlabeled]
         if missing:
             log.info("computing image labels of %d ids under %s", len(missing), self.root)
@@ -342,9 +342,8 @@ class VOCDataset:
                     unlabeled.add(image_id)
                 else:
                     cached[image_id] = np.flatnonzero(labels).tolist()
-            data = {"format": _CACHE_FORMAT, "labels": dict(sorted(cached.items())), "unlabeled": sorted(unlabeled)}
             try:
-                write_text(cache_path, json.dumps(data, separators=(",", ":")) + "\n")
+                write_text(cache_path, labels_cache_text(cached, unlabeled))
             except OSError as err:
                 log.warning("%s: cannot write the labels cache (%s); labels will be recomputed next time",
                             cache_path, err.strerror)
@@ -477,7 +476,14 @@ def _bad(image_id: str, path: str | Path, err: DataError) -> BadFile:
     return BadFile(image_id, str(path), str(err).removeprefix(f"{path}: "))
 
 
-def _read_labels_cache(path: str | Path) -> tuple[dict[str, list[int]], set[str]]:
+def labels_cache_text(labels: dict[str, list[int]], unlabeled: set[str]) -> str:
+    """The labels cache file's content: id -> 0-based classes, and the ids with no labels at all."""
+    data = {"format": _CACHE_FORMAT, "labels": dict(sorted(labels.items())), "unlabeled": sorted(unlabeled)}
+    return json.dumps(data, separators=(",", ":")) + "\n"
+
+
+def read_labels_cache(path: str | Path) -> tuple[dict[str, list[int]], set[str]]:
+    """(labels, unlabeled) of a labels cache file; empty when it is missing or unreadable (it is recomputed)."""
     try:
         data = json.loads(storage.read_text(path))
     except FileNotFoundError:
